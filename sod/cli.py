@@ -1,0 +1,174 @@
+"""The ``sod`` command: one subcommand per DVC stage.
+
+It parses arguments, loads params, calls the stage and turns a SodError into a one-line message
+with exit code 2. Paths come from the command line (dvc.yaml passes them), hyperparameters from
+params.yaml plus ``--set`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sod import __version__
+from sod.config import Params, load_params
+from sod.errors import SodError
+
+log = logging.getLogger("sod")
+
+EXIT_USAGE = 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--params",
+        default="params.yaml",
+        metavar="FILE",
+        help="params file with one section per stage (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--set",
+        "-S",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one param, e.g. --set augment.copy_paste.times=2 (repeatable; like `dvc exp run -S`)",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
+
+
+def _prepare(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    from sod.stages import prepare
+
+    return prepare.run(
+        params,
+        out_dir=Path(args.out),
+        report=Path(args.report),
+        sizes_csv=Path(args.sizes_csv),
+        sizes_png=Path(args.sizes_png),
+        progress=not args.quiet,
+    )
+
+
+def _augment(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    from sod.stages import augment
+
+    return augment.run(
+        params,
+        train_json=Path(args.train),
+        out_dir=Path(args.out),
+        report=Path(args.report),
+        preview=Path(args.preview),
+        progress=not args.quiet,
+    )
+
+
+def _anchors(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    from sod.stages import anchors
+
+    return anchors.run(
+        params,
+        train_json=Path(args.train),
+        out=Path(args.out),
+        report=Path(args.report),
+        plot=Path(args.plot),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sod",
+        description=(
+            "Small-object detection pipeline. Each subcommand is one DVC stage (see dvc.yaml); "
+            "`dvc repro` runs them in order. Hyperparameters come from params.yaml, paths from the "
+            "command line. Bad input gives a one-line error and exit code 2."
+        ),
+        epilog="Run `sod <command> --help` for a stage's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"sod {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    p = sub.add_parser(
+        "prepare",
+        help="validate and clean the dataset (embedded or your COCO), split it, write size statistics",
+        description=(
+            "Read the dataset named by params `data.source` (the embedded scenes, or your COCO files under "
+            "`data.coco.*`), validate every record, clean what can be cleaned (counting it), convert images "
+            "to 8-bit RGB, split train/val, and write COCO JSON + images under --out. Params: data.*, prepare.*."
+        ),
+    )
+    _common(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output dir: train.json, val.json, images/")
+    p.add_argument(
+        "--report", required=True, metavar="JSON", help="counts per split and every cleaning count"
+    )
+    p.add_argument(
+        "--sizes-csv", required=True, metavar="CSV", help="one row per instance: split, size (DVC plot)"
+    )
+    p.add_argument("--sizes-png", required=True, metavar="PNG", help="histogram of object sizes")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser(
+        "augment",
+        help="oversample small-object images and copy-paste small objects (train split only)",
+        description=(
+            "Oversample images holding small objects and copy-paste small objects into training images. "
+            "Writes the augmented train annotations, only the new images, a report and a preview grid. "
+            "The val split is never augmented. Params: augment.*."
+        ),
+    )
+    _common(p)
+    p.add_argument("--train", required=True, metavar="JSON", help="prepared train annotations")
+    p.add_argument("--out", required=True, metavar="DIR", help="output dir: train.json and new images/")
+    p.add_argument(
+        "--report", required=True, metavar="JSON", help="before/after counts, pastes placed/rejected"
+    )
+    p.add_argument("--preview", required=True, metavar="PNG", help="grid of augmented images with boxes")
+    p.set_defaults(func=_augment)
+
+    p = sub.add_parser(
+        "anchors",
+        help="fit anchor sizes/ratios to the training boxes and report best-possible recall",
+        description=(
+            "Fit anchors to the training boxes at the detector's input scale (k-means with 1 − IoU, then "
+            "evolution), assign them to FPN levels, and compare best-possible recall with torchvision's "
+            "default anchors. Params: anchors.*, detector.min_size/max_size/levels/fg_iou_thresh."
+        ),
+    )
+    _common(p)
+    p.add_argument("--train", required=True, metavar="JSON", help="(augmented) train annotations")
+    p.add_argument("--out", required=True, metavar="JSON", help="anchors per FPN level, read by the detector")
+    p.add_argument("--report", required=True, metavar="JSON", help="BPR and mean best IoU, default vs tuned")
+    p.add_argument("--plot", required=True, metavar="PNG", help="GT box sizes with the anchors over them")
+    p.set_defaults(func=_anchors)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    func: Callable[[argparse.Namespace, Params], dict[str, Any]] = args.func
+    try:
+        params = load_params(args.params, args.overrides)
+        func(args, params)
+    except SodError as exc:
+        print(f"sod {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"sod {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Small file helpers shared by the stages: atomic writes, JSON, images as 8-bit RGB arrays."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
+
+    A killed process leaves either the old file or the new one, never a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically, indented, keys in insertion order (stable bytes for DVC hashes)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_png(path: str | Path, image_rgb: np.ndarray) -> None:
+    """Save an ``(H, W, 3) uint8`` array as PNG atomically. PIL's PNG encoder is deterministic."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image_rgb).save(tmp, format="PNG")
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file written by ``prepare`` (already 8-bit RGB) as ``(H, W, 3) uint8``."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))

@@ -1,0 +1,201 @@
+"""``sod prepare``: the dataset in (embedded or the user's COCO), validated, cleaned, split, described.
+
+Outputs (paths from the command line):
+  * ``out_dir/train.json``, ``out_dir/val.json``: COCO, ``file_name`` relative to ``out_dir``;
+  * ``out_dir/images/{train,val}/...``: 8-bit RGB images;
+  * ``report``: per split ``images``, ``instances``, ``frac_small/medium/large``, ``per_class``, and
+    under ``cleaning`` every validation count (see :mod:`sod.data.coco`);
+  * ``sizes_csv`` / ``sizes_png``: histogram of object sizes (sqrt of area) per split.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sod.config import COCO_MEDIUM_AREA, COCO_SMALL_AREA, Params
+from sod.data import coco
+from sod.errors import DataError
+from sod.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+# Histogram bin edges for sqrt(area) in px: fine where small objects live, COCO's 32/96 px are edges.
+SIZE_BINS = [0, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512, 1024, np.inf]
+_OUT_NAMES = {"train.json", "val.json", "images"}
+
+
+def run(
+    params: Params,
+    out_dir: Path,
+    report: Path,
+    sizes_csv: Path,
+    sizes_png: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the stage; returns the report dict (also written to ``report``)."""
+    pcfg = params.prepare
+    with tempfile.TemporaryDirectory(prefix="sod-prepare-") as tmp:
+        if params.data.source == "embedded":
+            from sod.data.embedded import build_embedded
+
+            log.info("building the embedded dataset (%d scenes)", params.data.embedded.images)
+            ann_path, img_root = build_embedded(
+                params.data.embedded, Path(tmp) / "embedded", progress=progress
+            )
+            sources = [(ann_path, img_root)]
+        else:
+            c = params.data.coco
+            sources = [(Path(c.train_annotations), Path(c.train_images))]
+            if c.val_annotations is not None:
+                sources.append((Path(c.val_annotations), Path(c.val_images)))
+
+        datasets: list[coco.CleanDataset] = []
+        for ann_path, img_root in sources:
+            log.info("validating %s", ann_path)
+            raw = coco.load_coco_json(ann_path)
+            datasets.append(
+                coco.validate(
+                    raw,
+                    img_root,
+                    ann_path,
+                    on_bad_image=pcfg.on_bad_image,
+                    min_box_side=pcfg.min_box_side,
+                    categories=datasets[0].categories if datasets else None,
+                )
+            )
+        for ds, (ann_path, _) in zip(datasets, sources, strict=True):
+            if not ds.images:
+                raise DataError(f"{ann_path}: no usable image left after validation")
+
+        if len(datasets) == 2:
+            splits = {"train": datasets[0].images, "val": datasets[1].images}
+        else:
+            splits = split_images(datasets[0].images, pcfg.val_fraction, pcfg.seed)
+
+        # Write into a sibling staging dir, then swap it in: a killed run never leaves half a dataset.
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=_parent(out_dir)))
+        try:
+            cocos = {
+                split: coco.write_split(datasets[0], images, staging, split)
+                for split, images in splits.items()
+            }
+            for split, d in cocos.items():
+                write_json(staging / f"{split}.json", d)
+            _replace_dir(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    counts = datasets[0].counts
+    for ds in datasets[1:]:
+        counts = counts.add(ds.counts)
+    result: dict[str, Any] = {
+        "source": params.data.source,
+        "train": split_stats(cocos["train"]),
+        "val": split_stats(cocos["val"]),
+        "cleaning": counts.as_dict(),
+    }
+    write_json(report, result)
+    table = size_histogram(cocos)
+    with atomic_path(sizes_csv) as tmp_csv:
+        table.to_csv(tmp_csv, index=False)
+    plot_size_histogram(cocos, sizes_png)
+    return result
+
+
+def split_images(
+    images: list[coco.CleanImage], val_fraction: float, seed: int
+) -> dict[str, list[coco.CleanImage]]:
+    """Deterministic random split by image: ``round(n * val_fraction)`` images (≥ 1 each side) go to val."""
+    n = len(images)
+    if n < 2:
+        raise DataError(f"need at least 2 images to split train/val, found {n}")
+    n_val = min(max(1, round(n * val_fraction)), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx = set(order[:n_val].tolist())
+    return {
+        "train": [im for i, im in enumerate(images) if i not in val_idx],
+        "val": [im for i, im in enumerate(images) if i in val_idx],
+    }
+
+
+def split_stats(d: dict[str, Any]) -> dict[str, Any]:
+    """Image/instance counts, COCO size-bucket fractions (by ``area``) and per-class counts of a split."""
+    areas = np.array([a["area"] for a in d["annotations"]], dtype=np.float64)
+    n = len(areas)
+    names = {c["id"]: c["name"] for c in d["categories"]}
+    per_class = Counter(names[a["category_id"]] for a in d["annotations"])
+
+    def frac(mask: np.ndarray) -> float:
+        return round(float(mask.sum()) / n, 4) if n else 0.0
+
+    return {
+        "images": len(d["images"]),
+        "instances": n,
+        "frac_small": frac(areas < COCO_SMALL_AREA),
+        "frac_medium": frac((areas >= COCO_SMALL_AREA) & (areas < COCO_MEDIUM_AREA)),
+        "frac_large": frac(areas >= COCO_MEDIUM_AREA),
+        "per_class": {c["name"]: per_class.get(c["name"], 0) for c in d["categories"]},
+    }
+
+
+def size_histogram(cocos: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Instances per sqrt(area) bin and split: columns ``size_px`` (bin's lower edge), one per split."""
+    table = pd.DataFrame({"size_px": SIZE_BINS[:-1]})
+    for split, d in cocos.items():
+        sizes = np.sqrt([a["area"] for a in d["annotations"]])
+        table[split] = np.histogram(sizes, bins=SIZE_BINS)[0]
+    return table
+
+
+def plot_size_histogram(cocos: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    bins = np.geomspace(2, 1024, 40)
+    for split, d in cocos.items():
+        sizes = np.sqrt([a["area"] for a in d["annotations"]])
+        ax.hist(np.clip(sizes, 2, 1024), bins=bins, alpha=0.6, label=f"{split} ({len(sizes)})")
+    for edge, name in ((32, "small | medium"), (96, "medium | large")):
+        ax.axvline(edge, color="k", ls="--", lw=1)
+        ax.text(edge * 1.04, ax.get_ylim()[1] * 0.95, name, fontsize=8, va="top")
+    ax.set_xscale("log")
+    ax.set_xlabel("object size: sqrt(area) in px (COCO buckets at 32 and 96)")
+    ax.set_ylabel("instances")
+    ax.set_title("Object sizes per split")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        # No timestamps in the PNG metadata, so reruns give identical bytes.
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent
+
+
+def _replace_dir(staging: Path, out_dir: Path) -> None:
+    """Move ``staging`` to ``out_dir``; refuse to delete a directory that holds anything sod did not write."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise DataError(f"--out {out_dir} exists and is not a directory")
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _OUT_NAMES)
+        if foreign:
+            raise DataError(
+                f"--out {out_dir} holds files prepare did not write ({', '.join(foreign[:5])}); "
+                "choose an empty or new directory"
+            )
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)

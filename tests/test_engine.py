@@ -1,0 +1,185 @@
+"""Engine: resume after a kill equals an uninterrupted run, non-finite loss stops, config mismatch refused, DDP."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sod import engine
+from tests.tiny_models import RandomBoxes, collate, tiny_retinanet
+
+CONFIG = {"lr": 0.01, "epochs": 3}
+
+
+class Killed(Exception):
+    pass
+
+
+def _train(ckpt: Path, epochs: int = 3, kill_after: int | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    model = tiny_retinanet()
+    opt = torch.optim.AdamW(model.parameters(), lr=CONFIG["lr"])
+    steps = epochs * 3
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, engine.warmup_cosine(steps, 2))
+    loader = DataLoader(RandomBoxes(6), batch_size=2, shuffle=True, collate_fn=collate)
+
+    def hook(stats: dict) -> None:
+        if kill_after is not None and stats["epoch"] == kill_after:
+            raise Killed
+
+    engine.fit(
+        model,
+        opt,
+        loader,
+        torch.device("cpu"),
+        epochs=epochs,
+        checkpoint=ckpt,
+        config=CONFIG,
+        seed=1,
+        scheduler=sched,
+        grad_clip=1.0,
+        progress=False,
+        on_epoch_end=hook,
+    )
+    return model
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    straight = _train(tmp_path / "a" / "last.pt")
+    with pytest.raises(Killed):
+        _train(tmp_path / "b" / "last.pt", kill_after=0)
+    state = engine.load_checkpoint(tmp_path / "b" / "last.pt")
+    assert state["epoch"] == 0 and len(state["history"]) == 1
+    resumed = _train(tmp_path / "b" / "last.pt")
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    # And training did move the weights (the comparison above is not between two untouched models).
+    torch.manual_seed(0)
+    fresh = tiny_retinanet()
+    assert not all(
+        torch.equal(p, q) for p, q in zip(fresh.state_dict().values(), straight.state_dict().values(), strict=True)
+    )
+
+
+def test_checkpoint_from_other_config_is_refused(tmp_path: Path) -> None:
+    ckpt = tmp_path / "last.pt"
+    engine.save_checkpoint(ckpt, {"model": {}, "config": {"lr": 0.1, "epochs": 3}})
+    with pytest.raises(engine.CheckpointMismatchError, match=r"differs in: lr"):
+        engine.load_checkpoint(ckpt, CONFIG)
+
+
+def test_garbage_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(engine.SodError, match="cannot read checkpoint"):
+        engine.load_checkpoint(ckpt)
+
+
+class NanAfter(nn.Module):
+    """Loss is finite for ``good`` steps, then NaN."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+        self.good, self.calls = good, 0
+
+    def forward(self, images: list, targets: list) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        scale = 1.0 if self.calls <= self.good else float("nan")
+        return {"loss_a": (self.w**2).sum() * scale}
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    model = NanAfter(good=3)  # epoch 0 has 3 batches of 2, then NaN in epoch 1
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(RandomBoxes(6), batch_size=2, collate_fn=collate)
+    ckpt = tmp_path / "last.pt"
+    with pytest.raises(engine.NonFiniteLossError, match="epoch 1, batch 0"):
+        engine.fit(
+            model,
+            opt,
+            loader,
+            torch.device("cpu"),
+            epochs=3,
+            checkpoint=ckpt,
+            config={},
+            seed=0,
+            progress=False,
+        )
+    state = engine.load_checkpoint(ckpt, {})
+    assert state["epoch"] == 0
+    assert torch.isfinite(state["model"]["w"]).all() and torch.isfinite(model.w).all()
+
+
+def test_warmup_cosine_by_hand() -> None:
+    f = engine.warmup_cosine(total_steps=12, warmup_steps=2, min_factor=0.0)
+    assert f(0) == 0.0 and f(1) == 0.5  # linear warm-up
+    assert f(2) == 1.0  # peak right after warm-up
+    assert math.isclose(f(7), 0.5)  # half-way through the cosine part
+    assert math.isclose(f(12), 0.0, abs_tol=1e-12)
+
+
+def test_resolve_device() -> None:
+    assert engine.resolve_device("cpu").type == "cpu"
+    assert engine.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(engine.SodError, match="no CUDA device"):
+            engine.resolve_device("cuda")
+
+
+DDP_SCRIPT = r"""
+import sys, torch
+from pathlib import Path
+from torch.utils.data import DataLoader, DistributedSampler
+from sod import engine
+from tests.tiny_models import RandomBoxes, collate, tiny_retinanet
+out = Path(sys.argv[1])
+with engine.distributed("cpu") as info:
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(tiny_retinanet())
+    ds = RandomBoxes(8)
+    loader = DataLoader(ds, batch_size=2, sampler=DistributedSampler(ds, seed=0), collate_fn=collate)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    hist = engine.fit(model, opt, loader, torch.device("cpu"), epochs=2, checkpoint=out / "last.pt",
+                      config={"ddp": True}, seed=0, progress=False, dist_info=info)
+    torch.save(engine.unwrap(model).state_dict(), out / f"rank{info.rank}.pt")
+    assert info.world_size == 2 and len(hist) == 2
+"""
+
+
+def test_two_process_gloo_ddp_under_torchrun(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)  # DDP kept the replicas in sync
+    state = engine.load_checkpoint(tmp_path / "last.pt", {"ddp": True})
+    assert state["epoch"] == 1 and all(torch.equal(state["model"][k], r0[k]) for k in r0)
