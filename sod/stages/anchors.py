@@ -1,0 +1,220 @@
+"""``sod anchors``: anchors fitted to the training boxes, and best-possible recall against torchvision's.
+
+Inputs: the (augmented) train COCO JSON; only ``images[].width/height`` and ``annotations[].bbox/area``
+are read, never the pixels. Every box is scaled to the detector's input size exactly as torchvision's
+``GeneralizedRCNNTransform`` would (``detector.min_size`` / ``max_size``, see
+:func:`sod.models.anchors.input_scale`).
+
+Outputs (paths from the command line):
+  * ``out`` (``models/anchors.json``): ``method``, ``levels``, ``strides``, ``anchors_wh`` (per level a
+    list of ``[w, h]`` in input pixels, the same count on every level: ``anchors.anchors_per_level``, or
+    9 for ``method: default``), ``min_size``, ``max_size``; the detector builds its anchor generator from it;
+  * ``report`` (``reports/anchors.json``): under ``default`` (torchvision's anchors for the configured
+    levels) and ``tuned`` (the anchors written to ``out``; equal to ``default`` for ``method: default``):
+    ``bpr``, ``mean_best_iou``, ``bpr_small``, ``bpr_medium``, ``bpr_large``; and ``num_boxes``.
+    BPR is shape-only (anchors and boxes on a common centre), an upper bound that ignores the stride grid;
+    the size buckets use the annotation's ``area`` at the original image scale (COCO's definition);
+  * ``plot``: the GT box shapes at input scale on log axes, with the default and tuned anchors over them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sod.config import Params
+from sod.data import coco
+from sod.errors import DataError
+from sod.io import atomic_path, write_json
+from sod.models import anchors as anc
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params, train_json: Path, out: Path, report: Path, plot: Path) -> dict[str, Any]:
+    """Run the stage; returns the report dict (also written to ``report``).
+
+    Raises:
+        DataError: unreadable JSON, a malformed image or annotation record, or no boxes at all.
+    """
+    acfg, dcfg = params.anchors, params.detector
+    boxes_wh, areas = load_boxes(train_json, dcfg.min_size, dcfg.max_size)
+    if len(boxes_wh) == 0:
+        raise DataError(f"{train_json}: no annotations with boxes: there is nothing to fit anchors to")
+    log.info("%d boxes at input scale %d/%d px", len(boxes_wh), dcfg.min_size, dcfg.max_size)
+
+    default = anc.default_anchors_wh(dcfg.levels)
+    if acfg.method == "kmeans":
+        k = len(dcfg.levels) * acfg.anchors_per_level
+        n_shapes = len(np.unique(boxes_wh, axis=0))
+        if n_shapes < k:
+            log.warning(
+                "only %d distinct box shapes for %d anchors: k-means skipped, each shape is an anchor "
+                "and squares over the default size range fill the rest",
+                n_shapes,
+                k,
+            )
+        tuned = anc.tune_anchors(
+            boxes_wh,
+            dcfg.levels,
+            acfg.anchors_per_level,
+            dcfg.fg_iou_thresh,
+            acfg.kmeans_iters,
+            acfg.evolve_generations,
+            acfg.evolve_sigma,
+            acfg.seed,
+        )
+    else:
+        tuned = default
+
+    metrics_default = anc.anchor_metrics(boxes_wh, areas, np.concatenate(default), dcfg.fg_iou_thresh)
+    metrics_tuned = (
+        anc.anchor_metrics(boxes_wh, areas, np.concatenate(tuned), dcfg.fg_iou_thresh)
+        if acfg.method == "kmeans"
+        else dict(metrics_default)
+    )
+    log.info(
+        "BPR default %s (small %s), tuned %s (small %s)",
+        metrics_default["bpr"],
+        metrics_default["bpr_small"],
+        metrics_tuned["bpr"],
+        metrics_tuned["bpr_small"],
+    )
+
+    write_json(
+        out,
+        {
+            "method": acfg.method,
+            "levels": list(dcfg.levels),
+            "strides": [2**lv for lv in dcfg.levels],
+            "anchors_wh": [[[float(w), float(h)] for w, h in level] for level in tuned],
+            "min_size": dcfg.min_size,
+            "max_size": dcfg.max_size,
+        },
+    )
+    result = {"default": metrics_default, "tuned": metrics_tuned, "num_boxes": len(boxes_wh)}
+    write_json(report, result)
+    plot_anchors(boxes_wh, default, tuned, dcfg.levels, acfg.method, metrics_default, metrics_tuned, plot)
+    return result
+
+
+def load_boxes(train_json: Path, min_size: int, max_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every annotation's box shape at the detector's input scale, and its area at the original scale.
+
+    Args:
+        train_json: a COCO file (images with ``width``/``height``; annotations with ``bbox`` xywh and ``area``;
+            an annotation without ``area`` uses its bbox w·h).
+        min_size, max_size: the detector's input size (``detector.min_size``/``max_size``).
+
+    Returns:
+        ``boxes_wh`` ``[N, 2]`` float64 (input pixels) and ``areas`` ``[N]`` float64 (original px²),
+        in annotation order.
+
+    Raises:
+        DataError: naming the bad record (bad size, unknown image_id, malformed or empty bbox).
+    """
+    raw = coco.load_coco_json(train_json)
+    ratios: dict[int, tuple[float, float]] = {}
+    for i, img in enumerate(raw["images"]):
+        where = f"images[{i}]"
+        if not isinstance(img, dict) or "id" not in img:
+            raise DataError(f"{train_json}: {where} is not an image record with an 'id'")
+        w, h = img.get("width"), img.get("height")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h)):
+            raise DataError(
+                f"{train_json}: {where} (id={img['id']}) needs positive integer 'width' and 'height', got {w!r} x {h!r}"
+            )
+        ratios[img["id"]] = anc.input_scale(w, h, min_size, max_size)
+    boxes, areas = [], []
+    for i, ann in enumerate(raw["annotations"]):
+        where = f"annotations[{i}]" + (f" (id={ann.get('id')})" if isinstance(ann, dict) else "")
+        if not isinstance(ann, dict):
+            raise DataError(f"{train_json}: {where} is not a JSON object")
+        if ann.get("image_id") not in ratios:
+            raise DataError(f"{train_json}: {where} refers to unknown image_id {ann.get('image_id')!r}")
+        bbox = ann.get("bbox")
+        if not (
+            isinstance(bbox, list)
+            and len(bbox) == 4
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+            and bbox[2] > 0
+            and bbox[3] > 0
+        ):
+            raise DataError(
+                f"{train_json}: {where} needs 'bbox' [x, y, w, h] with w, h > 0, got {bbox!r} "
+                "(run `sod prepare` to clean the dataset)"
+            )
+        area = ann.get("area", bbox[2] * bbox[3])
+        if isinstance(area, bool) or not isinstance(area, int | float) or area < 0:
+            raise DataError(f"{train_json}: {where} has a bad 'area' {area!r}")
+        rw, rh = ratios[ann["image_id"]]
+        boxes.append((bbox[2] * rw, bbox[3] * rh))
+        areas.append(float(area))
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 2), np.asarray(areas, dtype=np.float64)
+
+
+def plot_anchors(
+    boxes_wh: np.ndarray,
+    default: list[np.ndarray],
+    tuned: list[np.ndarray],
+    levels: list[int],
+    method: str,
+    metrics_default: dict[str, Any],
+    metrics_tuned: dict[str, Any],
+    path: Path,
+) -> None:
+    """Scatter of GT box ``(w, h)`` at input scale (log axes) with the anchors over them, one colour per level.
+
+    Args:
+        boxes_wh: ``[N, 2]`` box shapes; default, tuned: per level ``[A, 2]`` anchor shapes (input pixels).
+        levels: FPN levels as log2(stride), one per entry of ``default``/``tuned``.
+        method: ``anchors.method``; with ``default`` only the default anchors are drawn.
+        metrics_default, metrics_tuned: :func:`sod.models.anchors.anchor_metrics` results for the title.
+        path: the PNG to write (atomically, no timestamp in its metadata).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
+    ax.scatter(boxes_wh[:, 0], boxes_wh[:, 1], s=4, c="0.6", alpha=0.4, lw=0, label="GT boxes", rasterized=True)
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(levels)))
+    for lv, anchors_wh, colour in zip(levels, default, colours, strict=True):
+        ax.scatter(
+            anchors_wh[:, 0],
+            anchors_wh[:, 1],
+            marker="x" if method == "kmeans" else "o",
+            s=40,
+            color=colour,
+            label=f"default P{lv} (stride {2**lv})",
+        )
+    if method == "kmeans":
+        for lv, anchors_wh, colour in zip(levels, tuned, colours, strict=True):
+            ax.scatter(
+                anchors_wh[:, 0],
+                anchors_wh[:, 1],
+                marker="o",
+                s=60,
+                color=colour,
+                edgecolors="k",
+                label=f"tuned P{lv} (stride {2**lv})",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("width at input scale (px)")
+    ax.set_ylabel("height at input scale (px)")
+    title = f"{len(boxes_wh)} GT boxes; BPR default {metrics_default['bpr']:.3f}"
+    if method == "kmeans":
+        title += f", tuned {metrics_tuned['bpr']:.3f}"
+    ax.set_title(title + " (shape-only, upper bound)")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        # No timestamps in the PNG metadata, so reruns give identical bytes.
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)

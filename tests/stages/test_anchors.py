@@ -1,0 +1,160 @@
+"""`sod anchors` on a tiny COCO JSON (no images needed): outputs, input scaling, determinism, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sod.cli import main
+from sod.io import read_json
+from sod.models.anchors import anchor_metrics, default_anchors_wh
+from sod.stages.anchors import load_boxes
+
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+FAST = ["anchors.kmeans_iters=30", "anchors.evolve_generations=60"]
+
+
+def _tiny_coco(path: Path, n_boxes: int = 120, seed: int = 0) -> Path:
+    """Three images of different sizes; mostly small boxes with a few medium and large ones."""
+    rng = np.random.default_rng(seed)
+    images = [
+        {"id": 1, "file_name": "a.png", "width": 320, "height": 320},
+        {"id": 2, "file_name": "b.png", "width": 640, "height": 480},
+        {"id": 3, "file_name": "c.png", "width": 200, "height": 100},
+    ]
+    annotations = []
+    for i in range(n_boxes):
+        side = float(np.exp(rng.uniform(np.log(5), np.log(120))))
+        aspect = float(np.exp(rng.normal(0, 0.3)))
+        w, h = round(side * aspect**0.5, 2), round(side / aspect**0.5, 2)
+        img = images[i % 3]
+        w, h = min(w, img["width"] - 1), min(h, img["height"] - 1)
+        annotations.append(
+            {
+                "id": i + 1,
+                "image_id": img["id"],
+                "category_id": 1,
+                "bbox": [0.5, 0.5, w, h],
+                "area": w * h,
+                "iscrowd": 0,
+            }
+        )
+    path.write_text(
+        json.dumps(
+            {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "x", "supercategory": "x"}]}
+        )
+    )
+    return path
+
+
+def _run(tmp_path: Path, train: Path, name: str, extra: list[str] | None = None) -> tuple[int, dict[str, Path]]:
+    paths = {
+        "out": tmp_path / name / "models" / "anchors.json",
+        "report": tmp_path / name / "reports" / "anchors.json",
+        "plot": tmp_path / name / "reports" / "plots" / "anchors.png",
+    }
+    argv = ["anchors", "--params", str(PARAMS), "-q", "--train", str(train)]
+    argv += ["--out", str(paths["out"]), "--report", str(paths["report"]), "--plot", str(paths["plot"])]
+    for s in FAST + (extra or []):
+        argv += ["--set", s]
+    return main(argv), paths
+
+
+def _digest(paths: dict[str, Path]) -> dict[str, str]:
+    return {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in paths.items()}
+
+
+def test_stage_writes_three_files_and_is_deterministic(tmp_path: Path) -> None:
+    train = _tiny_coco(tmp_path / "train.json")
+    code, paths = _run(tmp_path, train, "run1")
+    assert code == 0
+    anchors = read_json(paths["out"])
+    assert list(anchors) == ["method", "levels", "strides", "anchors_wh", "min_size", "max_size"]
+    assert anchors["method"] == "kmeans"
+    assert anchors["levels"] == [3, 4, 5] and anchors["strides"] == [8, 16, 32]
+    assert [len(level) for level in anchors["anchors_wh"]] == [3, 3, 3]
+    for stride, level in zip(anchors["strides"], anchors["anchors_wh"], strict=True):
+        assert all(w >= stride / 2 and h >= stride / 2 for w, h in level)
+
+    report = read_json(paths["report"])
+    assert report["num_boxes"] == 120
+    keys = ["bpr", "mean_best_iou", "bpr_small", "bpr_medium", "bpr_large"]
+    assert list(report["default"]) == keys and list(report["tuned"]) == keys
+    assert report["tuned"]["bpr"] >= report["default"]["bpr"]
+    assert report["tuned"]["bpr_small"] > report["default"]["bpr_small"]
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The report describes exactly the anchors written (no rounding after measuring).
+    boxes_wh, areas = load_boxes(train, 320, 320)
+    flat = np.array([wh for level in anchors["anchors_wh"] for wh in level])
+    assert anchor_metrics(boxes_wh, areas, flat, 0.5) == report["tuned"]
+
+    code, again = _run(tmp_path, train, "run2")
+    assert code == 0
+    assert _digest(again) == _digest(paths)
+
+
+def test_method_default_writes_torchvision_anchors(tmp_path: Path) -> None:
+    train = _tiny_coco(tmp_path / "train.json", n_boxes=30)
+    code, paths = _run(tmp_path, train, "default", ["anchors.method=default", "detector.levels=[2,3,4,5]"])
+    assert code == 0
+    anchors = read_json(paths["out"])
+    assert anchors["method"] == "default" and anchors["strides"] == [4, 8, 16, 32]
+    expected = [level.tolist() for level in default_anchors_wh([2, 3, 4, 5])]
+    assert anchors["anchors_wh"] == expected
+    assert [len(level) for level in anchors["anchors_wh"]] == [9, 9, 9, 9]
+    report = read_json(paths["report"])
+    assert report["tuned"] == report["default"]
+
+
+def test_boxes_are_scaled_like_the_detector_input(tmp_path: Path) -> None:
+    train = _tiny_coco(tmp_path / "train.json", n_boxes=3)
+    raw = json.loads(train.read_text())
+    for ann, (w, h) in zip(raw["annotations"], [(40.0, 20.0), (40.0, 20.0), (40.0, 20.0)], strict=True):
+        ann["bbox"][2:] = [w, h]
+        ann["area"] = w * h
+    train.write_text(json.dumps(raw))
+    boxes_wh, areas = load_boxes(train, 320, 320)
+    # 320x320: scale 1; 640x480: min(320/480, 320/640) = 0.5; 200x100: min(3.2, 1.6) = 1.6.
+    np.testing.assert_allclose(boxes_wh, [[40, 20], [20, 10], [64, 32]], rtol=1e-6)
+    np.testing.assert_array_equal(areas, [800, 800, 800])  # original scale for the COCO buckets
+
+
+def test_no_boxes_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = _tiny_coco(tmp_path / "train.json", n_boxes=0)
+    code, paths = _run(tmp_path, train, "empty")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no annotations with boxes" in err and "train.json" in err
+    assert not paths["out"].exists()
+
+
+def test_bad_bbox_names_the_annotation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = _tiny_coco(tmp_path / "train.json", n_boxes=5)
+    raw = json.loads(train.read_text())
+    raw["annotations"][3]["bbox"] = [1, 1, 0, 5]
+    train.write_text(json.dumps(raw))
+    code, _ = _run(tmp_path, train, "bad")
+    assert code == 2
+    assert "annotations[3] (id=4)" in capsys.readouterr().err
+
+
+def test_unknown_image_id_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = _tiny_coco(tmp_path / "train.json", n_boxes=5)
+    raw = json.loads(train.read_text())
+    raw["annotations"][0]["image_id"] = 99
+    train.write_text(json.dumps(raw))
+    code, _ = _run(tmp_path, train, "bad")
+    assert code == 2
+    assert "unknown image_id 99" in capsys.readouterr().err
+
+
+def test_fewer_boxes_than_anchors_still_writes_a_full_set(tmp_path: Path) -> None:
+    train = _tiny_coco(tmp_path / "train.json", n_boxes=4)
+    code, paths = _run(tmp_path, train, "few")
+    assert code == 0
+    assert [len(level) for level in read_json(paths["out"])["anchors_wh"]] == [3, 3, 3]
+    assert read_json(paths["report"])["tuned"]["bpr"] == 1.0  # every box shape became an anchor
