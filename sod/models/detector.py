@@ -26,6 +26,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -121,6 +122,7 @@ def build_backbone(
     trainable_layers: int | None = None,
     fpn_channels: int = 256,
     channels_last: bool = True,
+    load_pretrained: bool = True,
 ) -> PyramidBackbone:
     """A torchvision classification network cut into a pyramid backbone.
 
@@ -139,6 +141,8 @@ def build_backbone(
             None = 3 with ImageNet weights, 5 (all) without.
         fpn_channels: width of every pyramid level.
         channels_last: see ``PyramidBackbone``.
+        load_pretrained: False builds the ``pretrained`` architecture (frozen BN) without reading the
+            ImageNet file: for loading a trained detector's own weights.
 
     Raises:
         ValueError: unknown name, bad levels or trainable_layers (the config loader rejects them first).
@@ -156,7 +160,7 @@ def build_backbone(
         raise ValueError(f"trainable_layers {trainable_layers}: want 0..5")
 
     model = _classifier(name, frozen_bn=frozen)
-    if frozen:
+    if frozen and load_pretrained:
         model.load_state_dict(load_imagenet_state_dict(name))
     trunk = (
         nn.Sequential(OrderedDict((n, getattr(model, n)) for n in _RESNET_TRUNK))
@@ -452,13 +456,16 @@ def faster_rcnn(
     )
 
 
-def build_detector(cfg: DetectorConfig, num_classes: int, anchors: dict[str, Any] | None = None) -> nn.Module:
+def build_detector(
+    cfg: DetectorConfig, num_classes: int, anchors: dict[str, Any] | None = None, load_pretrained: bool = True
+) -> nn.Module:
     """The detector that ``cfg`` describes: the one place where config keys meet constructor arguments.
 
     Args:
         cfg: the ``detector`` params section.
         num_classes: number of object classes K; targets' ``labels`` are 1..K (see the module docstring).
         anchors: the anchors stage's ``models/anchors.json`` content, or None for torchvision's default rule.
+        load_pretrained: False skips reading ImageNet weights (the architecture is the same).
 
     Returns:
         A torchvision RetinaNet or FasterRCNN. Train mode: ``model(images, targets) -> dict of losses``;
@@ -476,6 +483,7 @@ def build_detector(cfg: DetectorConfig, num_classes: int, anchors: dict[str, Any
         trainable_layers=cfg.trainable_layers,
         fpn_channels=cfg.fpn_channels,
         channels_last=cfg.channels_last,
+        load_pretrained=load_pretrained,
     )
     if anchors is None:
         anchor_generator = PyramidAnchorGenerator.default([2**lv for lv in cfg.levels])
@@ -498,3 +506,34 @@ def build_detector(cfg: DetectorConfig, num_classes: int, anchors: dict[str, Any
     if cfg.focal != FocalConfig():
         log.warning("detector.focal.* is ignored by arch faster_rcnn (its RPN and box head use cross-entropy)")
     return faster_rcnn(**common)
+
+
+def load_detector(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained detector from ``models/detector.pt`` (written by ``sod train-detector``), in eval mode.
+
+    Returns:
+        ``(model, meta)``; ``meta`` holds ``detector`` (its config), ``anchors``, ``num_classes``,
+        ``categories`` and ``label_to_category`` (model label → COCO category id).
+
+    Raises:
+        DataError: missing, unreadable or foreign file.
+    """
+    from sod.config import from_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"detector model not found: {path} (run `sod train-detector` first)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise DataError(f"cannot read detector model {path}: {type(exc).__name__}: {exc}") from None
+    missing = {"model", "detector", "anchors", "num_classes", "label_to_category"} - set(state)
+    if missing:
+        raise DataError(f"{path} is not a sod detector model (missing {', '.join(sorted(missing))})")
+    cfg = from_dict(DetectorConfig, state["detector"], "detector.")
+    model = build_detector(cfg, state["num_classes"], state["anchors"], load_pretrained=False)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    meta = {k: v for k, v in state.items() if k != "model"}
+    meta["label_to_category"] = {int(k): int(v) for k, v in state["label_to_category"].items()}
+    return model, meta

@@ -1,0 +1,185 @@
+"""PNG figures of an evaluation: PR curves by size bucket, recall versus object size, a preview grid.
+
+Pure drawing: the functions take DataFrames (from :class:`sod.evaluation.coco_eval.CocoEvaluator`) or
+numpy images and boxes, and write one PNG atomically. They use matplotlib's object API on the Agg canvas
+(no pyplot state) and strip the PNG's software tag, so the same input gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from torchvision.ops import box_iou
+
+from sod.config import COCO_SMALL_AREA
+from sod.io import atomic_path
+
+BUCKET_COLORS = {"all": "black", "small": "tab:red", "medium": "tab:orange", "large": "tab:blue"}
+GT_COLOR = "lime"
+PRED_COLOR = "deepskyblue"
+MISSED_COLOR = "magenta"  # missed small GT: stands out from both
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+
+
+def _note(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+
+
+def plot_pr_curves(pr: pd.DataFrame, path: str | Path) -> None:
+    """Precision-recall curves per size bucket: solid at IoU 0.50:0.95, dashed at IoU 0.5.
+
+    Args:
+        pr: :meth:`CocoEvaluator.pr_curves` (columns ``bucket, recall, precision, precision_50``).
+        path: the PNG to write.
+    """
+    fig = Figure(figsize=(6, 4.5), dpi=100)
+    ax = fig.add_subplot()
+    if pr.empty:
+        _note(ax, "no ground truth: no curves")
+    for bucket, color in BUCKET_COLORS.items():
+        rows = pr[pr["bucket"] == bucket]
+        if rows.empty:
+            continue
+        ax.plot(rows["recall"], rows["precision"], color=color, label=f"{bucket} IoU .50:.95")
+        ax.plot(rows["recall"], rows["precision_50"], color=color, linestyle="--", label=f"{bucket} IoU .50")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title="PR curves by object size")
+    ax.grid(alpha=0.3)
+    if not pr.empty:
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_recall_vs_size(rs: pd.DataFrame, path: str | Path) -> None:
+    """Recall at IoU 0.5 per bin of sqrt(GT area), with COCO's 32 and 96 px borders marked.
+
+    Args:
+        rs: :meth:`CocoEvaluator.recall_vs_size` (columns ``size_min, size_max, gt_instances, recall``).
+        path: the PNG to write.
+    """
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
+    if rs.empty:
+        _note(ax, "no ground truth")
+    else:
+        labels = [
+            f"{lo:g}-{hi:g}" if math.isfinite(hi) else f"≥{lo:g}"
+            for lo, hi in zip(rs["size_min"], rs["size_max"], strict=True)
+        ]
+        x = np.arange(len(rs))
+        ax.bar(x, rs["recall"], color="tab:blue")
+        for xi, (r, n) in enumerate(zip(rs["recall"], rs["gt_instances"], strict=True)):
+            ax.text(xi, r + 0.01, f"n={n}", ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(x, labels, rotation=60, fontsize=7)
+        for border in (math.sqrt(COCO_SMALL_AREA), 96):
+            # A dotted line between the last bin below the border and the first at or above it.
+            at = int(np.searchsorted(rs["size_min"].to_numpy(), border))
+            if 0 < at < len(rs):
+                ax.axvline(at - 0.5, color="gray", linestyle=":")
+    ax.set(ylim=(0, 1.1), xlabel="sqrt(GT area), px", ylabel="recall @ IoU 0.5", title="Recall versus object size")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+@dataclass
+class PreviewItem:
+    """One val image for the preview grid.
+
+    Attributes:
+        image: ``(H, W, 3) uint8``.
+        gt_boxes_xyxy: ``(G, 4)`` px; pred_boxes_xyxy ``(P, 4)`` px; pred_scores ``(P,)``.
+        gt_labels, pred_labels: ``(G,)``, ``(P,)`` category ids; None = match boxes class-agnostically.
+        gt_areas: ``(G,)`` COCO ``area`` for the size test; None = box area.
+        title: shown above the image.
+    """
+
+    image: np.ndarray
+    gt_boxes_xyxy: np.ndarray
+    pred_boxes_xyxy: np.ndarray
+    pred_scores: np.ndarray
+    gt_labels: np.ndarray | None = None
+    pred_labels: np.ndarray | None = None
+    gt_areas: np.ndarray | None = None
+    title: str = field(default="")
+
+
+def missed_small(item: PreviewItem, score_thresh: float = 0.3, iou_thresh: float = 0.5) -> np.ndarray:
+    """Which GT boxes are small (area < 32²) and found by no prediction scoring ≥ ``score_thresh``.
+
+    Found means IoU ≥ ``iou_thresh`` with a prediction of the same class (any class when labels are None).
+
+    Returns:
+        ``(G,) bool``.
+    """
+    gt = np.asarray(item.gt_boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    pred = np.asarray(item.pred_boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    keep = np.asarray(item.pred_scores).reshape(-1) >= score_thresh
+    areas = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]) if item.gt_areas is None else np.asarray(item.gt_areas)
+    small = areas < COCO_SMALL_AREA
+    if not keep.any():
+        return small
+    iou = box_iou(torch.from_numpy(gt), torch.from_numpy(pred[keep])).numpy()
+    if item.gt_labels is not None and item.pred_labels is not None:
+        same = np.asarray(item.gt_labels)[:, None] == np.asarray(item.pred_labels)[keep][None, :]
+        iou = np.where(same, iou, 0.0)
+    found = (iou >= iou_thresh).any(axis=1) if iou.size else np.zeros(len(gt), dtype=bool)
+    return small & ~found
+
+
+def plot_detection_grid(
+    items: Sequence[PreviewItem], path: str | Path, score_thresh: float = 0.3, iou_thresh: float = 0.5, cols: int = 4
+) -> None:
+    """A grid of images with GT (green), predictions scoring ≥ ``score_thresh`` (blue) and missed small
+    GT (magenta, thick) drawn on them.
+
+    Args:
+        items: the images and their boxes.
+        path: the PNG to write.
+        score_thresh: predictions drawn and counted as found from this score up.
+        iou_thresh: IoU at which a prediction finds a GT box (see :func:`missed_small`).
+        cols: images per row.
+    """
+    n = max(len(items), 1)
+    cols = max(1, min(cols, n))
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(3.2 * cols, 3.4 * rows), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    if not items:
+        _note(axes[0], "no images")
+    for ax, item in zip(axes, items, strict=False):
+        ax.imshow(item.image, interpolation="nearest")
+        missed = missed_small(item, score_thresh, iou_thresh)
+        gt = np.asarray(item.gt_boxes_xyxy, dtype=float).reshape(-1, 4)
+        for box, is_missed in zip(gt, missed, strict=True):
+            color, width = (MISSED_COLOR, 2.0) if is_missed else (GT_COLOR, 1.0)
+            ax.add_patch(Rectangle(box[:2], *(box[2:] - box[:2]), fill=False, edgecolor=color, linewidth=width))
+        pred = np.asarray(item.pred_boxes_xyxy, dtype=float).reshape(-1, 4)
+        for box in pred[np.asarray(item.pred_scores).reshape(-1) >= score_thresh]:
+            ax.add_patch(
+                Rectangle(
+                    box[:2], *(box[2:] - box[:2]), fill=False, edgecolor=PRED_COLOR, linewidth=0.8, linestyle="--"
+                )
+            )
+        ax.set_title(f"{item.title}  missed small: {int(missed.sum())}".strip(), fontsize=8)
+    fig.suptitle(
+        f"green: GT   blue dashed: prediction (score ≥ {score_thresh:g})   magenta: missed small GT", fontsize=9
+    )
+    fig.tight_layout()
+    _save(fig, path)

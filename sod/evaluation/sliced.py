@@ -1,0 +1,387 @@
+"""Sliced (tiled) inference and a test-time image pyramid, merged into one prediction per image.
+
+The sliding-window / image-pyramid idea of the small-object survey done the way SAHI (Akyon et al. 2022)
+does it: cut each image into overlapping tiles, optionally upscale each tile, run the detector on
+*batches* of tiles, shift the boxes back into image coordinates and merge them with the full-image
+prediction (and with full-image passes at other scales). The merge is class-aware:
+
+* ``nms``: keep the best-scoring box of each group of matching boxes (``torchvision.ops.batched_nms``
+  for IoU matching);
+* ``greedy_nmm`` (SAHI's greedy non-maximum merging): the best-scoring box absorbs every remaining box
+  that matches it; the merged box is their union, its score the best score. This rejoins the two halves of
+  an object that a tile border cut.
+
+Boxes match when IoU, or IoS (intersection over the smaller box's area: a part of an object inside the
+whole has IoS 1), is above ``match_thresh``.
+
+The detector is any callable ``predict_fn(images) -> outputs`` over a list of ``Tensor[3, H, W]`` float
+images (sizes may differ) returning torchvision-style dicts ``{"boxes": Tensor[N, 4] xyxy in the input's
+pixels, "scores": Tensor[N], "labels": Tensor[N] int64}``, e.g. a torchvision detector in eval mode under
+``torch.inference_mode()``. Note that torchvision detectors resize every input to their own
+``min_size``/``max_size``: a tile smaller than that is upscaled by the model itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import batched_nms, box_area, box_iou
+
+from sod.config import COCO_SMALL_AREA, EvaluateConfig
+
+Prediction = dict[str, Tensor]
+PredictFn = Callable[[list[Tensor]], Sequence[Prediction]]
+MergeMethod = Literal["nms", "greedy_nmm"]
+MatchMetric = Literal["iou", "ios"]
+
+
+# ----------------------------------------------------------------------------------------------- tiles
+def _starts(length: int, tile: int, step: int) -> list[int]:
+    """Tile origins along one axis: every ``step`` px, the last one aligned to the far border."""
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - tile) / step) + 1
+    return sorted({min(i * step, length - tile) for i in range(n)})
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: float) -> Tensor:
+    """Tiles that cover a ``height`` x ``width`` image, neighbours sharing at least ``overlap`` of a tile.
+
+    Args:
+        height, width: image size, px.
+        tile: tile side, px; a side longer than the image is clipped to it (one tile along that axis).
+        overlap: fraction of the tile shared by neighbours, in [0, 1). The last tile of a row/column is
+            aligned to the image border, so it may overlap its neighbour by more.
+
+    Returns:
+        ``tiles_xyxy (LongTensor[T, 4])``: integer pixel boxes, row by row.
+    """
+    if tile < 1 or not 0 <= overlap < 1:
+        raise ValueError(f"tile must be ≥ 1 and overlap in [0, 1), got tile={tile}, overlap={overlap}")
+    tw, th = min(tile, width), min(tile, height)
+    # Round the step down so neighbours overlap by at least the requested fraction.
+    step = max(1, math.floor(tile * (1 - overlap)))
+    ys, xs = _starts(height, th, step), _starts(width, tw, step)
+    return torch.tensor([[x, y, x + tw, y + th] for y in ys for x in xs], dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------------------------- merge
+def _pairwise_ios(a: Tensor, b: Tensor) -> Tensor:
+    """Intersection over the smaller area, ``Tensor[N, M]`` for ``a (Tensor[N, 4])``, ``b (Tensor[M, 4])`` xyxy."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)
+    smaller = torch.minimum(box_area(a)[:, None], box_area(b)[None, :])
+    return inter / smaller.clamp(min=1e-9)
+
+
+def merge_predictions(
+    boxes_xyxy: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    method: MergeMethod = "greedy_nmm",
+    match: MatchMetric = "ios",
+    match_thresh: float = 0.5,
+) -> Prediction:
+    """Merge overlapping detections of the same class (see the module docstring).
+
+    Args:
+        boxes_xyxy: ``Tensor[N, 4]`` in image pixels; scores ``Tensor[N]``; labels ``Tensor[N]`` int64.
+        method: ``nms`` keeps the best box of each group, ``greedy_nmm`` replaces it by the group's union.
+        match: ``iou`` or ``ios`` (intersection over the smaller area).
+        match_thresh: two boxes of one class match when their ``match`` value is above this.
+
+    Returns:
+        ``{"boxes", "scores", "labels"}`` of the kept (or merged) boxes, best score first.
+    """
+    if method not in ("nms", "greedy_nmm") or match not in ("iou", "ios"):
+        raise ValueError(f"unknown merge {method!r} / match {match!r}")
+    if method == "nms" and match == "iou":
+        keep = batched_nms(boxes_xyxy.float(), scores.float(), labels, match_thresh)
+        return {"boxes": boxes_xyxy[keep], "scores": scores[keep], "labels": labels[keep]}
+
+    # Greedy over boxes sorted by score, as SAHI does it: the best remaining box absorbs every remaining
+    # box of its class that matches it. The matching pairs are found with tensor ops (no N x N matrix);
+    # only the cheap walk over them is a Python loop, on numpy arrays.
+    device = boxes_xyxy.device
+    order = torch.sort(scores, descending=True, stable=True).indices
+    b, s, lab = boxes_xyxy[order].cpu().float(), scores[order].cpu(), labels[order].cpu()
+    rows, cols = _matching_pairs(b, lab, _pairwise_ios if match == "ios" else box_iou, match_thresh)
+    starts = np.searchsorted(rows, np.arange(len(b) + 1))  # pairs of row i: cols[starts[i]:starts[i + 1]]
+    alive = np.ones(len(b), dtype=bool)
+    owner = np.arange(len(b))  # the kept box each box was merged into
+    kept = []
+    for i in range(len(b)):
+        if not alive[i]:
+            continue
+        group = cols[starts[i] : starts[i + 1]]
+        group = group[alive[group]]
+        alive[group] = False
+        owner[group] = i
+        kept.append(i)
+    idx = torch.as_tensor(kept, dtype=torch.int64)
+    merged = b[idx]
+    if method == "greedy_nmm" and len(b):
+        # Union box of each group: min of the corners x1, y1 and max of x2, y2 over its members.
+        target = torch.as_tensor(owner, dtype=torch.int64)[:, None].expand(-1, 2)
+        lo = b[:, :2].scatter_reduce(0, target, b[:, :2], reduce="amin")
+        hi = b[:, 2:].scatter_reduce(0, target, b[:, 2:], reduce="amax")
+        merged = torch.cat([lo, hi], dim=1)[idx]
+    return {
+        "boxes": merged.to(device, boxes_xyxy.dtype),
+        "scores": s[idx].to(device),
+        "labels": lab[idx].to(device),
+    }
+
+
+def _matching_pairs(
+    boxes_xyxy: Tensor, labels: Tensor, pairwise: Callable[[Tensor, Tensor], Tensor], thresh: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``(i, j)``, ``i < j``, of same-class boxes whose ``pairwise`` value exceeds ``thresh``.
+
+    Both IoU and IoS are 0 for boxes that do not intersect, so each class is sorted by x1 and a chunk of
+    boxes is compared only with the boxes that start left of the chunk's right-most x2: near-linear for
+    the scattered boxes of tiled inference instead of N².
+
+    Returns:
+        ``rows``, ``cols``: int64 arrays, sorted by row then column.
+    """
+    rows, cols = [], []
+    chunk = 256
+    for label in torch.unique(labels).tolist():
+        ids = (labels == label).nonzero().squeeze(1)
+        perm = torch.argsort(boxes_xyxy[ids, 0], stable=True)
+        ids = ids[perm]
+        bx = boxes_xyxy[ids]
+        x1 = bx[:, 0].contiguous()
+        for start in range(0, len(ids), chunk):
+            end = min(start + chunk, len(ids))
+            # Later boxes (by x1) that can intersect a box of this chunk.
+            stop = int(torch.searchsorted(x1, bx[start:end, 2].max(), right=False))
+            if stop <= start + 1:
+                continue
+            hit = pairwise(bx[start:end], bx[start:stop]) > thresh
+            hit &= torch.arange(start, stop)[None, :] > torch.arange(start, end)[:, None]
+            r, c = hit.nonzero(as_tuple=True)
+            a, b = ids[r + start], ids[c + start]
+            rows.append(torch.minimum(a, b))
+            cols.append(torch.maximum(a, b))
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    r, c = torch.cat(rows).numpy(), torch.cat(cols).numpy()
+    order = np.lexsort((c, r))
+    return r[order], c[order]
+
+
+# --------------------------------------------------------------------------------------------- predict
+def _tiles_with_small_boxes(tiles_xyxy: Tensor, probes: Sequence[Prediction], min_score: float) -> Tensor:
+    """``Tensor[T] bool``: tiles that hold the centre of a small (area < 32²) probe box scoring ≥ ``min_score``."""
+    if not probes:
+        return torch.zeros(len(tiles_xyxy), dtype=torch.bool)
+    boxes = torch.cat([p["boxes"] for p in probes]).cpu()
+    scores = torch.cat([p["scores"] for p in probes]).cpu()
+    boxes = boxes[(scores >= min_score) & (box_area(boxes) < COCO_SMALL_AREA)]
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [N, 2] xy
+    t = tiles_xyxy[:, None, :].float()  # [T, 1, 4]
+    inside = (centres >= t[..., :2]) & (centres < t[..., 2:])  # [T, N, 2]
+    return inside.all(dim=2).any(dim=1)
+
+
+def _empty_labels(image: Tensor) -> Tensor:
+    return torch.zeros(0, dtype=torch.int64, device=image.device)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One detector input: the crop ``crop_xyxy`` (px) of ``images[image]``, resized by ``scale``."""
+
+    image: int
+    crop_xyxy: tuple[int, int, int, int]
+    scale: float
+
+
+def _resize(image: Tensor, scale: float) -> tuple[Tensor, tuple[float, float]]:
+    """Resize ``Tensor[C, H, W]`` by ``scale``; returns it and the exact (x, y) factors used."""
+    if scale == 1.0:
+        return image, (1.0, 1.0)
+    h, w = image.shape[-2:]
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    out = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
+    return out[0], (nw / w, nh / h)
+
+
+def _run_jobs(
+    images: Sequence[Tensor], jobs: list[_Job], predict_fn: PredictFn, batch_size: int
+) -> list[list[Prediction]]:
+    """Run the detector on ``jobs`` in batches; per image, the predictions mapped to image pixels."""
+    per_image: list[list[Prediction]] = [[] for _ in images]
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        inputs, factors = [], []
+        for job in chunk:
+            x0, y0, x1, y1 = job.crop_xyxy
+            crop, factor = _resize(images[job.image][:, y0:y1, x0:x1], job.scale)
+            inputs.append(crop)
+            factors.append(factor)
+        outputs = predict_fn(inputs)
+        if len(outputs) != len(inputs):
+            raise ValueError(f"predict_fn returned {len(outputs)} outputs for {len(inputs)} inputs")
+        for job, (fx, fy), out in zip(chunk, factors, outputs, strict=True):
+            boxes = out["boxes"].reshape(-1, 4).float()
+            x0, y0 = job.crop_xyxy[:2]
+            # Undo the resize, then the crop offset: input pixels → image pixels.
+            scale = boxes.new_tensor([fx, fy, fx, fy])
+            offset = boxes.new_tensor([x0, y0, x0, y0])
+            per_image[job.image].append(
+                {
+                    "boxes": boxes / scale + offset,
+                    "scores": out["scores"].reshape(-1),
+                    "labels": out["labels"].reshape(-1),
+                }
+            )
+    return per_image
+
+
+class SlicedPredictor:
+    """Full-image, pyramid and sliced inference of one detector, merged per image.
+
+    For each image it runs (all batched together, ``batch_size`` inputs per ``predict_fn`` call):
+
+    * a full-image pass at each of ``scales`` (the test-time pyramid; ``[1.0]`` = the plain image), unless
+      ``sliced`` is on and ``include_full`` is off;
+    * with ``sliced`` on, every tile of :func:`tile_grid` ``(tile, overlap)``, resized by ``upscale``.
+
+    A single pass is returned as the detector gave it; several are merged with
+    :func:`merge_predictions` ``(merge, match, match_thresh)``. At most ``max_dets`` best boxes are kept.
+
+    Args:
+        predict_fn: the detector, see the module docstring.
+        sliced: run the tiles.
+        tile, overlap: tile side (px) and the fraction shared by neighbours.
+        batch_size: inputs per ``predict_fn`` call (full images and tiles mixed).
+        merge, match, match_thresh: how passes are merged.
+        include_full: with ``sliced``, also run the full-image pass(es) and merge them in.
+        upscale: resize factor of each tile before inference (boxes are mapped back).
+        scales: full-image pyramid scales.
+        max_dets: keep at most this many boxes per image after merging; None keeps all.
+        select: ``all`` tiles, or ``small``: the full-image passes run first (even without
+            ``include_full``, then left out of the merge) and only tiles holding the centre of one of
+            their small boxes (area < 32²) scoring ≥ ``select_score`` run — fewer forward passes where
+            the full image shows no small-object candidate.
+        select_score: the candidate score for ``select='small'``; keep it low, the tiles exist to
+            confirm weak small detections.
+    """
+
+    def __init__(
+        self,
+        predict_fn: PredictFn,
+        *,
+        sliced: bool = True,
+        tile: int = 160,
+        overlap: float = 0.25,
+        batch_size: int = 8,
+        merge: MergeMethod = "greedy_nmm",
+        match: MatchMetric = "ios",
+        match_thresh: float = 0.5,
+        include_full: bool = True,
+        upscale: float = 1.0,
+        scales: Sequence[float] = (1.0,),
+        max_dets: int | None = None,
+        select: Literal["all", "small"] = "all",
+        select_score: float = 0.05,
+    ) -> None:
+        if batch_size < 1 or upscale <= 0 or not scales or min(scales) <= 0:
+            raise ValueError(f"need batch_size ≥ 1, upscale > 0, scales > 0; got {batch_size}, {upscale}, {scales}")
+        self.predict_fn = predict_fn
+        self.sliced = sliced
+        self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
+        self.merge, self.match, self.match_thresh = merge, match, match_thresh
+        self.include_full, self.upscale = include_full, upscale
+        self.scales = tuple(scales)
+        self.max_dets = max_dets
+        self.select, self.select_score = select, select_score
+
+    @classmethod
+    def from_config(cls, predict_fn: PredictFn, cfg: EvaluateConfig, sliced: bool | None = None) -> SlicedPredictor:
+        """Build from the ``evaluate`` params section; ``sliced`` overrides ``cfg.sliced.enabled``.
+
+        The evaluate stage makes two: ``sliced=False`` (full image and pyramid) and ``sliced=True``.
+        """
+        s = cfg.sliced
+        return cls(
+            predict_fn,
+            sliced=s.enabled if sliced is None else sliced,
+            tile=s.tile,
+            overlap=s.overlap,
+            batch_size=s.batch_size,
+            merge=s.merge,
+            match=s.match,
+            match_thresh=s.match_thresh,
+            include_full=s.include_full,
+            upscale=s.upscale,
+            scales=cfg.scales,
+            max_dets=cfg.max_dets,
+            select=s.select,
+            select_score=s.select_score,
+        )
+
+    def _full_jobs(self, images: Sequence[Tensor]) -> list[_Job]:
+        return [_Job(i, (0, 0, im.shape[-1], im.shape[-2]), s) for i, im in enumerate(images) for s in self.scales]
+
+    def _tile_jobs(self, images: Sequence[Tensor], probes: Sequence[Sequence[Prediction]] | None) -> list[_Job]:
+        jobs = []
+        for i, image in enumerate(images):
+            tiles = tile_grid(image.shape[-2], image.shape[-1], self.tile, self.overlap)
+            if probes is not None:
+                tiles = tiles[_tiles_with_small_boxes(tiles, probes[i], self.select_score)]
+            jobs += [_Job(i, tuple(t), self.upscale) for t in tiles.tolist()]
+        return jobs
+
+    def _jobs(self, images: Sequence[Tensor]) -> list[_Job]:
+        """Every detector input for ``images`` with ``select='all'``: full-image passes, then tiles."""
+        full = self._full_jobs(images) if not self.sliced or self.include_full else []
+        return full + (self._tile_jobs(images, None) if self.sliced else [])
+
+    def passes(self, images: Sequence[Tensor]) -> list[list[Prediction]]:
+        """Unmerged predictions: per image, one dict per pass (full-image passes first), in image pixels."""
+        if not (self.sliced and self.select == "small"):
+            return _run_jobs(images, self._jobs(images), self.predict_fn, self.batch_size)
+        # Two rounds: the full-image passes probe where small objects may be, then only those tiles run.
+        full = _run_jobs(images, self._full_jobs(images), self.predict_fn, self.batch_size)
+        tiles = _run_jobs(images, self._tile_jobs(images, full), self.predict_fn, self.batch_size)
+        return [(f if self.include_full else []) + t for f, t in zip(full, tiles, strict=True)]
+
+    def __call__(self, images: Sequence[Tensor]) -> list[Prediction]:
+        """Predict ``images`` (``Tensor[3, H, W]`` float each); one merged prediction per image, in image pixels."""
+        results = []
+        for image, preds in zip(images, self.passes(images), strict=True):
+            h, w = image.shape[-2:]
+            if not preds:  # select='small' without include_full, and no tile selected
+                merged = {"boxes": image.new_zeros(0, 4), "scores": image.new_zeros(0), "labels": _empty_labels(image)}
+            elif len(preds) == 1:
+                merged = preds[0]
+            else:
+                boxes = torch.cat([p["boxes"] for p in preds])
+                # Boxes of an upscaled tile can poke past the border by rounding; keep them in the image.
+                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+                merged = merge_predictions(
+                    boxes,
+                    torch.cat([p["scores"] for p in preds]),
+                    torch.cat([p["labels"] for p in preds]),
+                    self.merge,
+                    self.match,
+                    self.match_thresh,
+                )
+            if self.max_dets is not None and len(merged["scores"]) > self.max_dets:
+                top = torch.sort(merged["scores"], descending=True, stable=True).indices[: self.max_dets]
+                merged = {k: v[top] for k, v in merged.items()}
+            results.append(merged)
+        return results

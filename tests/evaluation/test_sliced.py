@@ -1,0 +1,189 @@
+"""Sliced inference: tile layout, box mapping, batching and the merge of cut objects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from sod.config import EvaluateConfig, SlicedConfig
+from sod.evaluation.sliced import SlicedPredictor, merge_predictions, tile_grid
+
+
+def _fixed_box(images: list[Tensor]) -> list[dict[str, Tensor]]:
+    """A 'detector' that finds one box at (1, 2, 5, 6) in every input."""
+    return [
+        {"boxes": torch.tensor([[1.0, 2.0, 5.0, 6.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
+        for _ in images
+    ]
+
+
+def _bright_box(images: list[Tensor]) -> list[dict[str, Tensor]]:
+    """A 'detector' that boxes the bright pixels of each input; bigger (less cut) boxes score higher."""
+    outs = []
+    for im in images:
+        ys, xs = torch.nonzero(im[0] > 0.5, as_tuple=True)
+        if len(xs) == 0:
+            outs.append(
+                {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+            )
+            continue
+        box = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+        area = float((box[2] - box[0]) * (box[3] - box[1]))
+        outs.append({"boxes": box[None], "scores": torch.tensor([0.5 + area / 10_000]), "labels": torch.tensor([3])})
+    return outs
+
+
+def test_tiles_cover_the_image_with_the_requested_overlap() -> None:
+    tiles = tile_grid(100, 230, tile=64, overlap=0.25)
+    # step = 64 * 0.75 = 48: x origins 0, 48, 96, 144 and the last aligned to the border at 230 - 64 = 166;
+    # y origins 0 and 100 - 64 = 36.
+    assert sorted(set(tiles[:, 0].tolist())) == [0, 48, 96, 144, 166]
+    assert sorted(set(tiles[:, 1].tolist())) == [0, 36]
+    assert len(tiles) == 10
+    assert ((tiles[:, 2] - tiles[:, 0]) == 64).all() and ((tiles[:, 3] - tiles[:, 1]) == 64).all()
+    covered = torch.zeros(100, 230, dtype=torch.bool)
+    for x0, y0, x1, y1 in tiles.tolist():
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    # Neighbours share at least 25% of a tile (16 px).
+    xs = sorted(set(tiles[:, 0].tolist()))
+    assert all(64 - (b - a) >= 16 for a, b in zip(xs, xs[1:], strict=False))
+
+    # An image smaller than the tile is one tile, clipped to the image.
+    assert tile_grid(50, 40, tile=64, overlap=0.2).tolist() == [[0, 0, 40, 50]]
+
+
+def test_tile_boxes_shift_back_by_the_tile_origin() -> None:
+    image = torch.zeros(3, 100, 230)
+    pred = SlicedPredictor(_fixed_box, tile=64, overlap=0.25, include_full=False, batch_size=3)
+    (passes,) = pred.passes([image])
+    tiles = tile_grid(100, 230, 64, 0.25)
+    assert len(passes) == len(tiles)
+    for p, (x0, y0, _, _) in zip(passes, tiles.tolist(), strict=True):
+        assert p["boxes"].tolist() == [[1 + x0, 2 + y0, 5 + x0, 6 + y0]]
+
+
+def test_upscaled_tiles_and_pyramid_scales_map_back() -> None:
+    seen: list[tuple[int, int]] = []
+
+    def centre_box(images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Boxes the middle half of each input, in the input's own (resized) pixels."""
+        outs = []
+        for im in images:
+            h, w = im.shape[-2:]
+            seen.append((h, w))
+            box = torch.tensor([[0.25 * w, 0.25 * h, 0.75 * w, 0.75 * h]])
+            outs.append({"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([1])})
+        return outs
+
+    image = torch.zeros(3, 96, 128)
+    pred = SlicedPredictor(centre_box, tile=64, overlap=0.5, upscale=2.0, scales=(1.0, 0.5), batch_size=4)
+    (passes,) = pred.passes([image])
+    # Full image at scale 1 and 0.5, then 3 x 2 tiles of 64 px each upscaled to 128 px.
+    assert seen == [(96, 128), (48, 64)] + [(128, 128)] * 6
+    for p in passes[:2]:  # both pyramid levels map back to the middle of the whole image
+        assert p["boxes"][0].tolist() == pytest.approx([32, 24, 96, 72])
+    for p, (x0, y0, _, _) in zip(passes[2:], tile_grid(96, 128, 64, 0.5).tolist(), strict=True):
+        assert p["boxes"][0].tolist() == pytest.approx([x0 + 16, y0 + 16, x0 + 48, y0 + 48])
+
+
+def test_tiles_are_batched() -> None:
+    calls: list[int] = []
+
+    def counting(images: list[Tensor]) -> list[dict[str, Tensor]]:
+        calls.append(len(images))
+        return _fixed_box(images)
+
+    images = [torch.zeros(3, 100, 230), torch.zeros(3, 100, 230)]
+    pred = SlicedPredictor(counting, tile=64, overlap=0.25, batch_size=4)
+    out = pred(images)
+    # Per image 1 full-image pass + 10 tiles; 22 inputs of both images pooled into batches of 4.
+    assert calls == [4, 4, 4, 4, 4, 2]
+    assert len(out) == 2
+
+
+@pytest.mark.parametrize("include_full", [True, False])
+@pytest.mark.parametrize("method", ["nms", "greedy_nmm"])
+def test_object_cut_by_a_tile_border_is_found_once(method: str, include_full: bool) -> None:
+    # Tiles of 60 px at 50% overlap start at x = 0, 30, 40. The object spans x 52..72: the first tile cuts
+    # it (sees x 52..60), the other two hold it whole.
+    image = torch.zeros(3, 100, 100)
+    image[:, 10:30, 52:72] = 1.0
+    pred = SlicedPredictor(
+        _bright_box, tile=60, overlap=0.5, merge=method, match="ios", match_thresh=0.5, include_full=include_full
+    )
+    (passes,) = pred.passes([image])
+    boxes = torch.cat([p["boxes"] for p in passes]).tolist()
+    assert [52, 10, 60, 30] in boxes and [52, 10, 72, 30] in boxes  # unmerged: a part and the whole
+    (out,) = pred([image])
+    assert out["boxes"].tolist() == [[52, 10, 72, 30]]
+    assert out["labels"].tolist() == [3]
+
+    # The part has IoU 160 / 400 = 0.4 with the whole: IoU matching at 0.5 would count the object twice.
+    iou = SlicedPredictor(_bright_box, tile=60, overlap=0.5, merge="nms", match="iou", include_full=include_full)
+    assert len(iou([image])[0]["boxes"]) == 2
+
+
+def test_merge_is_class_aware_and_greedy_nmm_takes_the_union() -> None:
+    boxes = torch.tensor(
+        [
+            [0, 0, 10, 10],  # A, class 0
+            [0, 0, 10, 10],  # B, class 1: same place, other class → never merged with A
+            [0, 0, 5, 10],  # C, class 0: inside A (IoS 1, IoU 0.5)
+            [8, 0, 20, 10],  # D, class 0: IoS with A 20 / 100 = 0.2, with E 40 / 100 = 0.4
+            [2, 0, 12, 10],  # E, class 0: IoU with A 80 / 120 = 0.67
+        ],
+        dtype=torch.float32,
+    )
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95, 0.6])
+    labels = torch.tensor([0, 1, 0, 0, 0])
+
+    # Greedy by score: D keeps itself; A absorbs C and E (union 0..12); B stands alone.
+    out = merge_predictions(boxes, scores, labels, "greedy_nmm", "ios", 0.5)
+    assert out["boxes"].tolist() == [[8, 0, 20, 10], [0, 0, 12, 10], [0, 0, 10, 10]]
+    assert out["scores"].tolist() == pytest.approx([0.95, 0.9, 0.8])
+    assert out["labels"].tolist() == [0, 0, 1]
+
+    out = merge_predictions(boxes, scores, labels, "nms", "ios", 0.5)
+    assert out["boxes"].tolist() == [[8, 0, 20, 10], [0, 0, 10, 10], [0, 0, 10, 10]]
+
+    # batched_nms drops IoU > 0.5: E (0.67) goes, C (exactly 0.5) stays.
+    out = merge_predictions(boxes, scores, labels, "nms", "iou", 0.5)
+    assert out["scores"].tolist() == pytest.approx([0.95, 0.9, 0.8, 0.7])
+
+    empty = merge_predictions(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    assert empty["boxes"].shape == (0, 4)
+
+
+def test_from_config_and_max_dets() -> None:
+    cfg = EvaluateConfig(max_dets=2, scales=[1.0], sliced=SlicedConfig(tile=64, overlap=0.25, batch_size=5))
+    pred = SlicedPredictor.from_config(_fixed_box, cfg)
+    assert (pred.tile, pred.overlap, pred.batch_size, pred.max_dets) == (64, 0.25, 5, 2)
+    # 11 passes: the full image's box and the first tile's coincide (merged), the other 9 tiles' boxes lie
+    # apart → 10 boxes, of which max_dets keeps 2.
+    (out,) = pred([torch.zeros(3, 100, 230)])
+    assert len(out["boxes"]) == 2
+    # Without slicing and with one scale, the detector's own output comes back untouched.
+    plain = SlicedPredictor.from_config(_fixed_box, cfg, sliced=False)
+    assert plain([torch.zeros(3, 100, 230)])[0]["boxes"].tolist() == [[1, 2, 5, 6]]
+
+
+def test_select_small_runs_only_tiles_with_small_candidates() -> None:
+    calls: list[int] = []
+
+    def counting(images: list[Tensor]) -> list[dict[str, Tensor]]:
+        calls.append(len(images))
+        return _fixed_box(images)
+
+    image = torch.zeros(3, 100, 230)
+    # The full-image pass finds one small box centred at (3, 4): only the tile at the origin holds it.
+    pred = SlicedPredictor(counting, tile=64, overlap=0.25, select="small", include_full=False)
+    (passes,) = pred.passes([image])
+    assert calls == [1, 1]  # the probe, then 1 of the 10 tiles
+    assert [p["boxes"].tolist() for p in passes] == [[[1, 2, 5, 6]]]  # the probe itself is left out
+
+    # A probe box below select_score or not small selects no tile: nothing to merge, an empty prediction.
+    pred = SlicedPredictor(counting, tile=64, overlap=0.25, select="small", select_score=0.95, include_full=False)
+    (out,) = pred([image])
+    assert out["boxes"].shape == (0, 4) and out["labels"].dtype == torch.int64
