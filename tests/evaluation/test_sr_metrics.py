@@ -35,8 +35,9 @@ def test_ssim_of_constant_images_follows_the_formula() -> None:
     # Flat images: only the luminance term is left, (2 μx μy + C1) / (μx² + μy² + C1), C1 = (0.01 · 1)².
     a, b, c1 = 0.4, 0.6, 1e-4
     x, y = torch.full((1, 1, 16, 16), a, dtype=torch.float64), torch.full((1, 1, 16, 16), b, dtype=torch.float64)
-    # rel 1e-5: pytorch_msssim builds its Gaussian window in float32, so its weights sum to 1 only to ~1e-7.
-    assert ssim(x, y).item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-5)
+    # rel 1e-4: SSIM runs in float32 (pytorch_msssim's window is float32, its weights sum to 1 only to ~1e-7),
+    # which leaves a variance term of ~1e-8 against C2 = 9e-4.
+    assert ssim(x, y).item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-4)
 
 
 def test_shave_drops_the_border() -> None:
