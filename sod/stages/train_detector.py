@@ -1,0 +1,158 @@
+"""``sod train-detector``: train the detector on the (augmented) training split.
+
+Single process: ``sod train-detector ...``. Several GPUs or CPU processes: ``torchrun --nproc_per_node=N
+-m sod.cli train-detector ...`` (DistributedDataParallel; NCCL on GPUs, gloo on CPU; only rank 0 writes).
+
+Checkpoints: one file per training configuration, ``<checkpoint_dir>/<fingerprint>.pt``, written
+atomically after every epoch. A rerun after a kill resumes from it; a run with other params (another
+fingerprint) starts fresh instead of resuming from the wrong weights. The checkpoint is removed once
+the final model is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from sod import engine
+from sod.config import Params, to_dict
+from sod.data.dataset import CocoDetectionDataset, collate_fn, train_transforms
+from sod.io import atomic_path, read_json, write_json
+from sod.models.detector import build_detector
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    params: Params,
+    train_json: Path,
+    anchors_json: Path,
+    out: Path,
+    report: Path,
+    loss_csv: Path,
+    checkpoint_dir: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, then write the model (``out``), the report and the per-epoch loss CSV; returns the report."""
+    tcfg = params.train
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    anchors = read_json(anchors_json)
+    dataset = CocoDetectionDataset(train_json, transforms=train_transforms(params.augment.online))
+    with engine.distributed(tcfg.device) as dist_info:
+        device = engine.resolve_device(tcfg.device, dist_info.local_rank)
+        with engine.seeded(tcfg.seed):  # same initial weights on every rank and every run
+            model = build_detector(params.detector, dataset.num_classes, anchors).to(device)
+        if dist_info.enabled:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        sampler = engine.EpochSampler(
+            len(dataset), tcfg.samples_per_epoch, seed=tcfg.seed, rank=dist_info.rank, world_size=dist_info.world_size
+        )
+        loader = DataLoader(
+            dataset,
+            batch_size=tcfg.batch_size,
+            sampler=sampler,
+            num_workers=tcfg.num_workers,
+            collate_fn=collate_fn,
+            pin_memory=device.type == "cuda",
+            persistent_workers=tcfg.num_workers > 0,
+            drop_last=len(sampler) > tcfg.batch_size,
+        )
+        optimizer = _optimizer(model, params)
+        total_steps = tcfg.epochs * max(1, len(loader))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, engine.warmup_cosine(total_steps, min(tcfg.warmup_iters, total_steps // 2))
+        )
+        scaler = torch.amp.GradScaler("cuda") if tcfg.amp and device.type == "cuda" else None
+        config = _fingerprint_config(params, anchors, train_json, dataset.num_classes, dist_info.world_size)
+        fingerprint = engine.config_fingerprint(config)[:16]
+        checkpoint = checkpoint_dir / f"{fingerprint}.pt"
+
+        def write_curve(history: list[dict[str, float]]) -> None:
+            if dist_info.is_main:  # the curve grows while training runs, for `dvc plots show`
+                _write_loss_csv(loss_csv, history)
+
+        start = time.perf_counter()
+        history = engine.fit(
+            model, optimizer, loader, device,
+            epochs=tcfg.epochs, checkpoint=checkpoint, config=config, seed=tcfg.seed, scheduler=scheduler,
+            scaler=scaler, grad_clip=tcfg.grad_clip or None, progress=progress, dist_info=dist_info,
+            on_epoch_end=write_curve,
+        )  # fmt: skip
+        wall = time.perf_counter() - start
+        result = {
+            "epochs": tcfg.epochs,
+            "train_images": len(dataset),
+            "final_loss": history[-1]["loss"],
+            "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
+            "wall_s": round(wall, 1),
+            "device": device.type,
+            "world_size": dist_info.world_size,
+        }
+        if dist_info.is_main:
+            _write_loss_csv(loss_csv, history)  # also when every epoch was resumed from the checkpoint
+            save_model(out, engine.unwrap(model), params, dataset, anchors)
+            write_json(report, result)
+            checkpoint.unlink(missing_ok=True)
+    return result
+
+
+def _optimizer(model: torch.nn.Module, params: Params) -> torch.optim.Optimizer:
+    t = params.train
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _fingerprint_config(
+    params: Params, anchors: dict[str, Any], train_json: Path, num_classes: int, world_size: int
+) -> dict[str, Any]:
+    """Everything that makes two runs' checkpoints interchangeable: resuming across these would be wrong."""
+    train = to_dict(params.train)
+    for key in ("device", "num_workers", "threads", "amp"):  # how it runs, not what it learns
+        train.pop(key)
+    return {
+        "detector": to_dict(params.detector),
+        "train": train,
+        "online": to_dict(params.augment.online),
+        "anchors": anchors,
+        "num_classes": num_classes,
+        "world_size": world_size,
+        "data_sha256": hashlib.sha256(Path(train_json).read_bytes()).hexdigest(),
+    }
+
+
+def _write_loss_csv(path: Path, history: list[dict[str, float]]) -> None:
+    keys = ["epoch"] + sorted(k for k in history[0] if k != "epoch")
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        for h in history:
+            writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()})
+
+
+def save_model(
+    path: Path, model: torch.nn.Module, params: Params, dataset: CocoDetectionDataset, anchors: dict[str, Any]
+) -> None:
+    """``models/detector.pt``: the state dict plus everything needed to rebuild the model for inference."""
+    engine.save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "detector": to_dict(params.detector),
+            "anchors": anchors,
+            "num_classes": dataset.num_classes,
+            "categories": dataset.categories,
+            "label_to_category": dataset.label_to_category,
+        },
+    )

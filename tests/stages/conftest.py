@@ -1,0 +1,51 @@
+"""A tiny real pipeline for stage smoke tests: embedded scenes → prepare → augment → anchors (built once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sod.cli import main
+
+# Small everything: 8 scenes of 128 px, a narrow FPN, one short epoch. Real code paths, seconds to run.
+TINY = [
+    "data.embedded.images=8",
+    "data.embedded.image_size=128",
+    "data.embedded.objects_min=3",
+    "data.embedded.objects_max=6",
+    "detector.min_size=128",
+    "detector.max_size=128",
+    "detector.fpn_channels=32",
+    "anchors.evolve_generations=20",
+    "train.epochs=1",
+    "train.samples_per_epoch=8",
+    "train.batch_size=4",
+    "train.num_workers=0",
+    "train.warmup_iters=1",
+    "evaluate.sliced.tile=64",
+    "evaluate.preview_images=2",
+    "sr.epochs=1",
+    "sr.patches_per_epoch=32",
+    "sr.batch_size=8",
+]
+
+
+def sod(*argv: str) -> int:
+    """Run ``sod`` in-process with the tiny overrides."""
+    sets = [a for s in TINY for a in ("--set", s)]
+    return main([argv[0], "-q", *sets, *argv[1:]])
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory laid out like the repo after `prepare`, `augment` and `anchors`."""
+    root = tmp_path_factory.mktemp("pipeline")
+    r = root / "reports"
+    assert sod("prepare", "--out", str(root / "data/prepared"), "--report", str(r / "prepare.json"),
+               "--sizes-csv", str(r / "sizes.csv"), "--sizes-png", str(r / "sizes.png")) == 0  # fmt: skip
+    assert sod("augment", "--train", str(root / "data/prepared/train.json"), "--out", str(root / "data/augmented"),
+               "--report", str(r / "augment.json"), "--preview", str(r / "augment.png")) == 0  # fmt: skip
+    assert sod("anchors", "--train", str(root / "data/augmented/train.json"), "--out", str(root / "models/anchors.json"),
+               "--report", str(r / "anchors.json"), "--plot", str(r / "anchors.png")) == 0  # fmt: skip
+    return root
