@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +44,10 @@ def read_json(path: str | Path) -> Any:
 
 
 def save_png(path: str | Path, image_rgb: np.ndarray) -> None:
-    """Save an ``(H, W, 3) uint8`` array as PNG atomically; deterministic bytes. Fast zlib level: 3× quicker, 9% bigger."""
+    """Save an ``(H, W, 3) uint8`` array as PNG atomically, with deterministic bytes.
+
+    zlib level 1: three times faster than PIL's default for files 9% bigger.
+    """
     with atomic_path(path) as tmp:
         Image.fromarray(image_rgb).save(tmp, format="PNG", compress_level=1)
 
@@ -52,3 +56,28 @@ def load_rgb(path: str | Path) -> np.ndarray:
     """Read an image file written by ``prepare`` (already 8-bit RGB) as a writable ``(H, W, 3) uint8`` array."""
     with Image.open(path) as im:
         return np.array(im.convert("RGB"))
+
+
+def replace_dir(staging: Path, out_dir: Path, owned: set[str], stage: str) -> None:
+    """Move the finished ``staging`` directory to ``out_dir``, replacing a previous output of ``stage``.
+
+    A stage writes its output directory beside it and swaps it in, so a killed run leaves the old output
+    intact. The old one is deleted only if it holds nothing but the names in ``owned``: a mistyped
+    ``--out`` never deletes a user's files.
+
+    Raises:
+        DataError: ``out_dir`` is a file, or holds entries the stage does not write.
+    """
+    from sod.errors import DataError
+
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise DataError(f"--out {out_dir} exists and is not a directory")
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in owned)
+        if foreign:
+            raise DataError(
+                f"--out {out_dir} holds files {stage} did not write ({', '.join(foreign[:5])}); "
+                "choose an empty or new directory"
+            )
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,14 @@ def write_tiny_coco(root: Path, images: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _mlflow_tracking_off() -> Iterator[None]:
+    """Stages run by tests log nothing to MLflow (no mlflow.db in the repo); tracking tests turn it back on."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOD_TRACKING", "off")
+        yield
+
+
 @pytest.fixture
 def tiny_coco(tmp_path: Path) -> Callable[..., Path]:
     """``tiny_coco(images, name="prepared")`` → ``tmp_path/name/train.json`` (see :func:`write_tiny_coco`)."""
@@ -57,3 +65,14 @@ def tiny_coco(tmp_path: Path) -> Callable[..., Path]:
         return write_tiny_coco(tmp_path / name, images)
 
     return make
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run a test with one torch thread, restoring the previous count afterwards."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

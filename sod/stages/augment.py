@@ -32,7 +32,7 @@ from sod.data.coco import image_path, load_coco_json
 from sod.data.copy_paste import copy_paste
 from sod.data.oversample import oversample
 from sod.errors import ConfigError, DataError
-from sod.io import load_rgb, save_png, write_json
+from sod.io import load_rgb, replace_dir, save_png, write_json
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def run(
             if "sod_copy_paste_of" not in im:
                 im["file_name"] = (rel_root / im["file_name"]).as_posix()
         write_json(staging / "train.json", result)
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir, _OUT_NAMES, "augment")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -154,18 +154,3 @@ def draw_preview(coco: dict[str, Any], images: list[dict[str, Any]], load: Any, 
             :, : t.shape[1]
         ] = t
     save_png(path, grid)
-
-
-def _replace_dir(staging: Path, out_dir: Path) -> None:
-    """Move ``staging`` to ``out_dir``; refuse to delete a directory that holds anything augment did not write."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise DataError(f"--out {out_dir} exists and is not a directory")
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _OUT_NAMES)
-        if foreign:
-            raise DataError(
-                f"--out {out_dir} holds files augment did not write ({', '.join(foreign[:5])}); "
-                "choose an empty or new directory"
-            )
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)

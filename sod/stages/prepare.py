@@ -23,7 +23,7 @@ import pandas as pd
 from sod.config import COCO_MEDIUM_AREA, COCO_SMALL_AREA, Params
 from sod.data import coco
 from sod.errors import DataError
-from sod.io import atomic_path, write_json
+from sod.io import atomic_path, replace_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,7 @@ def run(
             from sod.data.embedded import build_embedded
 
             log.info("building the embedded dataset (%d scenes)", params.data.embedded.images)
-            ann_path, img_root = build_embedded(
-                params.data.embedded, Path(tmp) / "embedded", progress=progress
-            )
+            ann_path, img_root = build_embedded(params.data.embedded, Path(tmp) / "embedded", progress=progress)
             sources = [(ann_path, img_root)]
         else:
             c = params.data.coco
@@ -83,13 +81,10 @@ def run(
         # Write into a sibling staging dir, then swap it in: a killed run never leaves half a dataset.
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=_parent(out_dir)))
         try:
-            cocos = {
-                split: coco.write_split(datasets[0], images, staging, split)
-                for split, images in splits.items()
-            }
+            cocos = {split: coco.write_split(datasets[0], images, staging, split) for split, images in splits.items()}
             for split, d in cocos.items():
                 write_json(staging / f"{split}.json", d)
-            _replace_dir(staging, out_dir)
+            replace_dir(staging, out_dir, _OUT_NAMES, "prepare")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -110,9 +105,7 @@ def run(
     return result
 
 
-def split_images(
-    images: list[coco.CleanImage], val_fraction: float, seed: int
-) -> dict[str, list[coco.CleanImage]]:
+def split_images(images: list[coco.CleanImage], val_fraction: float, seed: int) -> dict[str, list[coco.CleanImage]]:
     """Deterministic random split by image: ``round(n * val_fraction)`` images (≥ 1 each side) go to val."""
     n = len(images)
     if n < 2:
@@ -184,18 +177,3 @@ def plot_size_histogram(cocos: dict[str, dict[str, Any]], path: Path) -> None:
 def _parent(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.parent
-
-
-def _replace_dir(staging: Path, out_dir: Path) -> None:
-    """Move ``staging`` to ``out_dir``; refuse to delete a directory that holds anything sod did not write."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise DataError(f"--out {out_dir} exists and is not a directory")
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _OUT_NAMES)
-        if foreign:
-            raise DataError(
-                f"--out {out_dir} holds files prepare did not write ({', '.join(foreign[:5])}); "
-                "choose an empty or new directory"
-            )
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)

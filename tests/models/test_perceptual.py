@@ -15,11 +15,8 @@ from sod.models.perceptual import PerceptualLoss, build_perceptual, layer_indice
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+def _one_thread(one_thread: None) -> None:
+    """Small models: one thread is faster and leaves the other core to the rest of the suite."""
 
 
 def _have_mobilenet_weights() -> bool:

@@ -46,6 +46,7 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
                "--sizes-csv", str(r / "sizes.csv"), "--sizes-png", str(r / "sizes.png")) == 0  # fmt: skip
     assert sod("augment", "--train", str(root / "data/prepared/train.json"), "--out", str(root / "data/augmented"),
                "--report", str(r / "augment.json"), "--preview", str(r / "augment.png")) == 0  # fmt: skip
-    assert sod("anchors", "--train", str(root / "data/augmented/train.json"), "--out", str(root / "models/anchors.json"),
+    assert sod("anchors", "--train", str(root / "data/augmented/train.json"),
+               "--out", str(root / "models/anchors.json"),
                "--report", str(r / "anchors.json"), "--plot", str(r / "anchors.png")) == 0  # fmt: skip
     return root

@@ -158,3 +158,12 @@ def test_fewer_boxes_than_anchors_still_writes_a_full_set(tmp_path: Path) -> Non
     assert code == 0
     assert [len(level) for level in read_json(paths["out"])["anchors_wh"]] == [3, 3, 3]
     assert read_json(paths["report"])["tuned"]["bpr"] == 1.0  # every box shape became an anchor
+
+
+def test_tuned_anchors_beat_default_on_the_embedded_data(tiny_pipeline: Path) -> None:
+    """On real embedded scenes (through prepare and augment): BPR up overall and much higher for small boxes."""
+    report = read_json(tiny_pipeline / "reports" / "anchors.json")
+    default, tuned = report["default"], report["tuned"]
+    assert tuned["bpr"] >= default["bpr"]
+    assert tuned["mean_best_iou"] > default["mean_best_iou"]
+    assert tuned["bpr_small"] >= default["bpr_small"] + 0.3

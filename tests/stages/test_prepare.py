@@ -15,9 +15,7 @@ from sod.io import read_json
 TINY = ["data.embedded.images=8", "data.embedded.image_size=128", "prepare.val_fraction=0.25"]
 
 
-def _run(
-    tmp_path: Path, out_name: str = "prepared", extra: list[str] | None = None
-) -> tuple[int, dict[str, Path]]:
+def _run(tmp_path: Path, out_name: str = "prepared", extra: list[str] | None = None) -> tuple[int, dict[str, Path]]:
     paths = {
         "out": tmp_path / out_name,
         "report": tmp_path / "reports" / f"{out_name}.json",
