@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -124,6 +125,68 @@ def _evaluate(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         baseline_model=Path(args.baseline) if args.baseline else None,
         progress=not args.quiet,
     )
+
+
+def _report(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    from sod.stages import report
+
+    return report.run(params, runs_dir=Path(args.runs), table=Path(args.table), plots_dir=Path(args.plots_dir))
+
+
+def _log_run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    from sod import tracking
+
+    run_id = tracking.log_pending(args.stage)
+    print(f"sod log-run: logged stage {args.stage} as MLflow run {run_id} at {tracking.tracking_uri()}")
+    return {"run_id": run_id}
+
+
+# Per stage: the options naming the plots and files that MLflow keeps as artifacts (besides the report).
+_ARTIFACT_ARGS = {
+    "prepare": ["sizes_csv", "sizes_png"],
+    "augment": ["preview"],
+    "anchors": ["out", "plot"],
+    "train_sr": ["preview"],
+    "train_detector": ["loss_csv"],
+    "evaluate": ["per_class", "plots_dir"],
+    "report": ["plots_dir"],
+}
+
+
+def _tracked_run(args: argparse.Namespace, params: Params) -> Any:
+    """The MLflow record of a finished stage: which report, plots and model it logs (see sod.tracking)."""
+    from sod import tracking
+
+    stage = args.command.replace("-", "_")
+    run = tracking.StageRun(
+        stage=stage,
+        report=args.table if stage == "report" else args.report,
+        artifacts=[getattr(args, name) for name in _ARTIFACT_ARGS[stage]],
+        params=tracking.stage_params(params, stage),
+    )
+    if stage == "train_sr":
+        run.model, run.model_kind = args.out, "sr"
+    elif stage == "train_detector":
+        run.model, run.model_kind, run.history_csv = args.out, "detector", args.loss_csv
+    elif stage == "evaluate":
+        run.evaluated_model = args.model
+    return run
+
+
+def _track(args: argparse.Namespace, params: Params) -> None:
+    """Log the finished stage to MLflow (never fails the stage; see sod.tracking). Rank 0 only under torchrun."""
+    if os.environ.get("RANK", "0") != "0" or args.command == "log-run":
+        return
+    from sod import tracking
+
+    if not tracking.enabled():
+        return
+    run = _tracked_run(args, params)
+    tracking.log_stage(run)
+    if run.stage == "report":
+        from sod.stages.report import COLUMNS
+
+        tracking.log_variants(run.report, COLUMNS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,6 +325,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="optional second detector (e.g. torchvision defaults) scored on the same val set, under 'baseline'",
     )
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "report",
+        help="the ablation table (reports/ablation.csv) and AP-by-size figures from the variants' results",
+        description=(
+            "Collect the variants that flows/ablation.py ran (one <variant>.json per variant under --runs) into "
+            "one CSV row per variant (the params that differ, AP, AP50, AP_small/medium/large, full-image and "
+            "sliced) and draw AP_small/medium/large against each lever (oversampling ratio, copy-paste count, "
+            "focal gamma, anchors) and full vs sliced inference."
+        ),
+    )
+    _common(p)
+    p.add_argument("--runs", required=True, metavar="DIR", help="one <variant>.json per variant")
+    p.add_argument("--table", required=True, metavar="CSV", help="one row per variant")
+    p.add_argument("--plots-dir", required=True, metavar="DIR", help="ap_vs_<lever>.png, full_vs_sliced.png")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "log-run",
+        help="log a finished stage to MLflow after the tracking server was down during its run",
+        description=(
+            "When MLflow logging fails, a stage still finishes and keeps what it would log in "
+            ".mlflow_pending/<stage>.json. This logs it (to MLFLOW_TRACKING_URI, default sqlite:///mlflow.db) "
+            "and removes the marker."
+        ),
+    )
+    p.add_argument("stage", help="the DVC stage name, e.g. train_detector")
+    p.set_defaults(func=_log_run)
     return parser
 
 
@@ -269,14 +360,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     func: Callable[[argparse.Namespace, Params], dict[str, Any]] = args.func
     try:
-        params = load_params(args.params, args.overrides)
+        params = load_params(args.params, args.overrides) if hasattr(args, "params") else load_params(None)
         func(args, params)
+        _track(args, params)
     except SodError as exc:
         print(f"sod {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,181 @@
+"""``sod report``: the ablation table and the survey-style figures from a directory of variant results.
+
+Input: ``runs_dir`` holds one ``<variant>.json`` per variant (written by ``flows/ablation.py``)::
+
+    {"variant": "gamma_0", "changed": {"detector.focal.gamma": 0.0},
+     "params": {...every flattened param of the run...}, "evaluate": {...reports/evaluate.json...}}
+
+Outputs:
+
+* ``table`` (``reports/ablation.csv``): one row per variant, ``baseline`` and ``pipeline`` first, then the
+  others by name. Columns: ``variant``; every param whose value differs between the variants (the variant's
+  value; so each row shows what it changed); ``AP``, ``AP50``, ``AP_small``, ``AP_medium``, ``AP_large`` of
+  full-image inference and the same under ``sliced_`` (empty when sliced inference was off or undefined).
+* ``plots_dir``: ``ap_vs_<sweep>.png`` — AP_small / AP_medium / AP_large against one lever, from the variants
+  that differ from ``pipeline`` in that lever only (plus ``pipeline``), as in the small-object survey's
+  ablations: oversampling ratio, copy-paste count, focal γ, default vs tuned anchors; and ``full_vs_sliced.png``
+  (every variant, full-image against sliced inference). A figure whose lever has fewer than two values
+  is not drawn.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from sod.config import Params  # noqa: E402
+from sod.errors import DataError  # noqa: E402
+from sod.io import atomic_path, read_json  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+METRICS = ["AP", "AP50", "AP_small", "AP_medium", "AP_large"]
+COLUMNS = METRICS + [f"sliced_{m}" for m in METRICS]
+REFERENCES = ["baseline", "pipeline"]
+BUCKETS = ["AP_small", "AP_medium", "AP_large"]
+# Lever → (x-axis param, every param the lever may change). ``augment.oversample: none`` is ratio 1.
+SWEEPS: dict[str, tuple[str, set[str]]] = {
+    "oversampling": ("augment.oversample_ratio", {"augment.oversample_ratio", "augment.oversample"}),
+    "copy_paste": ("augment.copy_paste.times", {"augment.copy_paste.times"}),
+    "focal_gamma": ("detector.focal.gamma", {"detector.focal.gamma"}),
+    "anchors": ("anchors.method", {"anchors.method"}),
+}
+
+
+def load_runs(runs_dir: Path) -> list[dict[str, Any]]:
+    """Read every ``<variant>.json`` of ``runs_dir`` (sorted by file name).
+
+    Raises:
+        DataError: a file that is not a variant result (names the file and the missing key).
+    """
+    runs = []
+    for path in sorted(Path(runs_dir).glob("*.json")):
+        try:
+            run = read_json(path)
+        except ValueError as exc:
+            raise DataError(f"{path}: not valid JSON: {exc}") from None
+        missing = [k for k in ("variant", "params", "evaluate") if not isinstance(run, dict) or k not in run]
+        if missing:
+            raise DataError(f"{path}: not an ablation variant result (missing {', '.join(missing)})")
+        runs.append(run)
+    return runs
+
+
+def build_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per variant: ``variant``, the params that differ between variants, then :data:`COLUMNS`."""
+    keys = sorted({k for r in runs for k in r["params"]})
+    varying = [k for k in keys if len({repr(r["params"].get(k)) for r in runs}) > 1]
+    order = {name: i for i, name in enumerate(REFERENCES)}
+    rows = []
+    for run in sorted(runs, key=lambda r: (order.get(r["variant"], len(order)), r["variant"])):
+        ev = run["evaluate"]
+        sliced = ev.get("sliced") or {}
+        row: dict[str, Any] = {"variant": run["variant"]}
+        row.update({k: _cell(run["params"].get(k)) for k in varying})
+        row.update({m: ev.get(m) for m in METRICS})
+        row.update({f"sliced_{m}": sliced.get(m) for m in METRICS})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["variant", *varying, *COLUMNS])
+
+
+def _cell(value: Any) -> Any:
+    return str(value) if isinstance(value, list | dict) else value
+
+
+def sweep_points(runs: list[dict[str, Any]], sweep: str) -> pd.DataFrame:
+    """The variants that differ from ``pipeline`` in ``sweep``'s params only (``pipeline`` included).
+
+    Returns:
+        Columns ``x`` (the lever's value), ``variant`` and :data:`BUCKETS`, sorted by ``x``; empty without a
+        ``pipeline`` run.
+    """
+    x_key, allowed = SWEEPS[sweep]
+    ref = next((r for r in runs if r["variant"] == "pipeline"), None)
+    if ref is None:
+        return pd.DataFrame(columns=["x", "variant", *BUCKETS])
+    rows = []
+    for run in runs:
+        diff = {k for k in set(run["params"]) | set(ref["params"]) if run["params"].get(k) != ref["params"].get(k)}
+        if not diff <= allowed:
+            continue
+        x = run["params"].get(x_key)
+        if sweep == "oversampling":
+            method = run["params"].get("augment.oversample")
+            if method == "repeat_factor":
+                continue
+            x = 1.0 if method == "none" else x
+        rows.append({"x": x, "variant": run["variant"], **{b: run["evaluate"].get(b) for b in BUCKETS}})
+    return pd.DataFrame(rows, columns=["x", "variant", *BUCKETS]).sort_values("x", kind="stable")
+
+
+def _plot_sweep(points: pd.DataFrame, sweep: str, path: Path) -> None:
+    x_key = SWEEPS[sweep][0]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    numeric = pd.api.types.is_numeric_dtype(points["x"])
+    xs = points["x"] if numeric else range(len(points))
+    for bucket in BUCKETS:
+        ax.plot(xs, points[bucket].astype(float), marker="o", label=bucket)
+    if not numeric:
+        ax.set_xticks(list(xs), [str(v) for v in points["x"]])
+    ax.set_xlabel(x_key)
+    ax.set_ylabel("AP (IoU 0.50:0.95)")
+    ax.set_title(f"AP by object size vs {sweep.replace('_', ' ')}")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _plot_full_vs_sliced(table: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(table)), 3.5))
+    width = 0.13
+    for i, bucket in enumerate(BUCKETS):
+        for j, prefix in enumerate(("", "sliced_")):
+            offset = (2 * i + j - 2.5) * width
+            values = table[prefix + bucket].astype(float)
+            ax.bar([k + offset for k in range(len(table))], values, width, label=f"{bucket} {prefix[:-1] or 'full'}")
+    ax.set_xticks(range(len(table)), table["variant"], rotation=30, ha="right")
+    ax.set_ylabel("AP (IoU 0.50:0.95)")
+    ax.set_title("Full-image vs sliced inference")
+    ax.legend(fontsize=7, ncol=3)
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})  # no version stamp: stable bytes
+    plt.close(fig)
+
+
+def run(params: Params, runs_dir: Path, table: Path, plots_dir: Path) -> dict[str, Any]:
+    """Write the ablation table and figures (see the module docstring); returns row and figure counts.
+
+    ``params`` is unused (every value comes from the variant files); it keeps the stages' signature.
+    """
+    del params
+    runs = load_runs(runs_dir)
+    df = build_table(runs)
+    with atomic_path(table) as tmp:
+        df.to_csv(tmp, index=False)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for old in plots_dir.glob("*.png"):  # figures of levers no longer in the grid
+        old.unlink()
+    figures = []
+    for sweep in SWEEPS:
+        points = sweep_points(runs, sweep)
+        if points["x"].nunique() >= 2:
+            _plot_sweep(points, sweep, plots_dir / f"ap_vs_{sweep}.png")
+            figures.append(f"ap_vs_{sweep}.png")
+    if len(df):
+        _plot_full_vs_sliced(df, plots_dir / "full_vs_sliced.png")
+        figures.append("full_vs_sliced.png")
+    missing = [r for r in REFERENCES if r not in set(df["variant"])]
+    if missing:
+        log.warning("ablation table without the %s row(s): run flows/ablation.py", ", ".join(missing))
+    return {"variants": len(df), "figures": figures}

@@ -1,0 +1,72 @@
+"""`sod report`: the ablation table and figures from hand-made variant results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from sod.config import Params
+from sod.errors import DataError
+from sod.io import write_json
+from sod.stages import report
+
+PIPELINE = {"augment.oversample": "ratio", "augment.oversample_ratio": 2.0, "detector.focal.gamma": 2.0, "x": 1}
+
+
+def _write(runs: Path, name: str, params: dict[str, Any], ap_small: float, sliced: bool = True) -> None:
+    ev: dict[str, Any] = {"AP": 0.3, "AP50": 0.5, "AP_small": ap_small, "AP_medium": 0.4, "AP_large": None}
+    if sliced:
+        ev["sliced"] = {**ev, "AP_small": ap_small + 0.1}
+    write_json(runs / f"{name}.json", {"variant": name, "changed": {}, "params": params, "evaluate": ev})
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    d = tmp_path / "runs"
+    _write(d, "pipeline", PIPELINE, 0.2)
+    _write(d, "baseline", {**PIPELINE, "augment.oversample": "none", "detector.focal.gamma": 0.0}, 0.05, sliced=False)
+    _write(d, "a_ratio_4", {**PIPELINE, "augment.oversample_ratio": 4.0}, 0.25)
+    _write(d, "b_none", {**PIPELINE, "augment.oversample": "none"}, 0.15)
+    _write(d, "c_gamma_0", {**PIPELINE, "detector.focal.gamma": 0.0}, 0.1)
+    return d
+
+
+def test_table_has_references_first_and_only_varying_params(runs: Path) -> None:
+    table = report.build_table(report.load_runs(runs))
+    assert list(table["variant"]) == ["baseline", "pipeline", "a_ratio_4", "b_none", "c_gamma_0"]
+    assert list(table.columns) == [
+        "variant", "augment.oversample", "augment.oversample_ratio", "detector.focal.gamma", *report.COLUMNS
+    ]  # fmt: skip
+    base = table.iloc[0]
+    assert base["detector.focal.gamma"] == 0.0 and base["AP_small"] == 0.05
+    assert pd.isna(base["sliced_AP_small"]) and pd.isna(base["AP_large"])
+    assert table.iloc[1]["sliced_AP_small"] == pytest.approx(0.3)
+
+
+def test_sweep_keeps_variants_that_change_only_that_lever(runs: Path) -> None:
+    loaded = report.load_runs(runs)
+    over = report.sweep_points(loaded, "oversampling")
+    # baseline changes gamma too, so it is not on the oversampling curve; "none" is ratio 1.
+    assert list(over["variant"]) == ["b_none", "pipeline", "a_ratio_4"] and list(over["x"]) == [1.0, 2.0, 4.0]
+    gamma = report.sweep_points(loaded, "focal_gamma")
+    assert list(gamma["variant"]) == ["c_gamma_0", "pipeline"]
+    assert report.sweep_points(loaded, "anchors")["variant"].tolist() == ["pipeline"]
+
+
+def test_run_writes_table_and_figures_of_levers_with_two_values(runs: Path, tmp_path: Path) -> None:
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "ap_vs_anchors.png").write_bytes(b"stale")
+    out = report.run(Params(), runs, tmp_path / "ablation.csv", plots)
+    assert out == {"variants": 5, "figures": ["ap_vs_oversampling.png", "ap_vs_focal_gamma.png", "full_vs_sliced.png"]}
+    assert sorted(p.name for p in plots.iterdir()) == sorted(out["figures"])
+    assert len(pd.read_csv(tmp_path / "ablation.csv")) == 5
+
+
+def test_a_foreign_file_is_named(tmp_path: Path) -> None:
+    write_json(tmp_path / "x.json", {"variant": "x"})
+    with pytest.raises(DataError, match=r"x\.json: not an ablation variant result \(missing params, evaluate\)"):
+        report.load_runs(tmp_path)
