@@ -9,10 +9,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:  # pandas and matplotlib load only where a stage draws or tabulates
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 
 @contextmanager
@@ -37,6 +41,18 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically, indented, keys in insertion order (stable bytes for DVC hashes)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_csv(path: str | Path, table: pd.DataFrame) -> None:
+    """Write a DataFrame as CSV (no index) atomically: the DVC plots read these files."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def save_figure(fig: Figure, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG atomically, without the software stamp, so reruns give identical bytes."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
 
 
 def read_json(path: str | Path) -> Any:

@@ -22,7 +22,7 @@ from matplotlib.patches import Rectangle
 from torchvision.ops import box_iou
 
 from sod.config import COCO_SMALL_AREA
-from sod.io import atomic_path
+from sod.io import save_figure
 
 BUCKET_COLORS = {"all": "black", "small": "tab:red", "medium": "tab:orange", "large": "tab:blue"}
 GT_COLOR = "lime"
@@ -31,9 +31,8 @@ MISSED_COLOR = "magenta"  # missed small GT: stands out from both
 
 
 def _save(fig: Figure, path: str | Path) -> None:
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
+    FigureCanvasAgg(fig)  # these Figures are made without pyplot: give them the Agg canvas
+    save_figure(fig, path)
 
 
 def _note(ax: Axes, text: str) -> None:

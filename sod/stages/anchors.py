@@ -28,7 +28,7 @@ import numpy as np
 from sod.config import Params
 from sod.data import coco
 from sod.errors import DataError
-from sod.io import atomic_path, write_json
+from sod.io import save_figure, write_json
 from sod.models import anchors as anc
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,5 @@ def plot_anchors(
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(True, which="both", lw=0.3, alpha=0.5)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        # No timestamps in the PNG metadata, so reruns give identical bytes.
-        fig.savefig(tmp, format="png", metadata={"Software": None})
+    save_figure(fig, path)
     plt.close(fig)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -34,7 +33,7 @@ from sod.engine import resolve_device
 from sod.evaluation import plots
 from sod.evaluation.coco_eval import CocoEvaluator
 from sod.evaluation.sliced import SlicedPredictor
-from sod.io import atomic_path, load_rgb, read_json, write_json
+from sod.io import load_rgb, read_json, write_csv, write_json
 from sod.models.anchors import input_scale
 from sod.models.detector import load_detector
 
@@ -67,17 +66,17 @@ def run(
 
     write_json(report, result)
     full_eval: CocoEvaluator = extras["full"]
-    _write_csv(per_class, full_eval.per_class_table())
+    write_csv(per_class, full_eval.per_class_table())
     write_json(detections, full_eval.detections())
     plots_dir.mkdir(parents=True, exist_ok=True)
     pr = full_eval.pr_curves()
-    _write_csv(plots_dir / "pr_curves.csv", pr)
+    write_csv(plots_dir / "pr_curves.csv", pr)
     plots.plot_pr_curves(pr, plots_dir / "pr_curves.png")
     rs = full_eval.recall_vs_size().rename(columns={"recall": "recall_full", "matched": "matched_full"})
     if "sliced" in extras:
         rs_sliced = extras["sliced"].recall_vs_size()
         rs["recall_sliced"] = rs_sliced["recall"].to_numpy() if not rs_sliced.empty else []
-    _write_csv(plots_dir / "recall_vs_size.csv", rs)
+    write_csv(plots_dir / "recall_vs_size.csv", rs)
     plots.plot_recall_vs_size(rs.rename(columns={"recall_full": "recall"}), plots_dir / "recall_vs_size.png")
     plots.plot_detection_grid(extras["preview"], plots_dir / "preview.png")
     return result
@@ -198,8 +197,3 @@ def _preview_item(
         gt_areas=np.array([a["area"] for a in anns], dtype=np.float64),
         title=f"image {im['id']}",
     )
-
-
-def _write_csv(path: Path, table: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)

@@ -23,7 +23,7 @@ import pandas as pd
 from sod.config import COCO_MEDIUM_AREA, COCO_SMALL_AREA, Params
 from sod.data import coco
 from sod.errors import DataError
-from sod.io import atomic_path, replace_dir, write_json
+from sod.io import replace_dir, save_figure, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ def run(
     }
     write_json(report, result)
     table = size_histogram(cocos)
-    with atomic_path(sizes_csv) as tmp_csv:
-        table.to_csv(tmp_csv, index=False)
+    write_csv(sizes_csv, table)
     plot_size_histogram(cocos, sizes_png)
     return result
 
@@ -168,9 +167,7 @@ def plot_size_histogram(cocos: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_title("Object sizes per split")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        # No timestamps in the PNG metadata, so reruns give identical bytes.
-        fig.savefig(tmp, format="png", metadata={"Software": None})
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 
 from sod.config import Params  # noqa: E402
 from sod.errors import DataError  # noqa: E402
-from sod.io import atomic_path, read_json  # noqa: E402
+from sod.io import read_json, save_figure, write_csv  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,7 @@ def _plot_full_vs_sliced(table: pd.DataFrame, path: Path) -> None:
 
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})  # no version stamp: stable bytes
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -161,8 +160,7 @@ def run(params: Params, runs_dir: Path, table: Path, plots_dir: Path) -> dict[st
     del params
     runs = load_runs(runs_dir)
     df = build_table(runs)
-    with atomic_path(table) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv(table, df)
     plots_dir.mkdir(parents=True, exist_ok=True)
     for old in plots_dir.glob("*.png"):  # figures of levers no longer in the grid
         old.unlink()
