@@ -107,6 +107,7 @@ def _train_detector(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         report=Path(args.report),
         loss_csv=Path(args.loss_csv),
         checkpoint_dir=Path(args.checkpoint_dir),
+        sr_model=Path(args.sr_model) if args.sr_model else None,
         progress=not args.quiet,
     )
 
@@ -277,8 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Train the detector on the (augmented) train split with the anchors from `sod anchors`. AdamW or "
             "SGD, warm-up then cosine, gradient clipping, AMP on CUDA. Checkpoints every epoch into "
             "--checkpoint-dir and resumes from there when rerun after a kill. Multi-GPU/multi-process: "
-            "`torchrun --nproc_per_node=N -m sod.cli train-detector ...`. Params: detector.*, train.*, "
-            "augment.online.*."
+            "`torchrun --nproc_per_node=N -m sod.cli train-detector ...`. detector.input_upscale bicubic|sr "
+            "upscales every image by detector.upscale_factor first (sr: with --sr-model, fine-tuned end to end "
+            "with detector.sr_finetune). Params: detector.*, train.*, augment.online.*."
         ),
     )
     _common(p)
@@ -291,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-csv", required=True, metavar="CSV", help="per-epoch losses (a DVC plot)")
     p.add_argument(
         "--checkpoint-dir", required=True, metavar="DIR", help="per-epoch checkpoints, one file per configuration"
+    )
+    p.add_argument(
+        "--sr-model",
+        metavar="PT",
+        help="SR model from `sod train-sr`; read only with detector.input_upscale: sr (it is saved inside --out)",
     )
     p.set_defaults(func=_train_detector)
 

@@ -187,6 +187,17 @@ class DetectorConfig:
     detections_per_img: int = field(default=300, metadata=rng(ge=1))
     # Backbone + FPN in channels-last memory layout: ~10x faster training on CPU (heads stay default).
     channels_last: bool = True
+    # SR front end: upscale every input (whole image, or tile of sliced inference) by upscale_factor before
+    # the network, with bicubic or with the SR model of `sod train-sr` (models/sr.pt); boxes are mapped back.
+    # Bicubic at the same factor is SR's control. The network then sees min_size·factor px (anchors too).
+    input_upscale: Literal["none", "bicubic", "sr"] = "none"
+    upscale_factor: int = field(default=2, metadata=rng(ge=2, le=4))  # sr: must equal the SR model's scale
+    sr_finetune: bool = False  # sr only: the detection loss trains the SR network too (end to end)
+
+    def input_size(self) -> tuple[int, int]:
+        """``(min_size, max_size)`` of the images the network sees: ×upscale_factor with an upscaling front end."""
+        f = self.upscale_factor if self.input_upscale != "none" else 1
+        return self.min_size * f, self.max_size * f
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -511,6 +522,16 @@ def _cross_checks(obj: Any, prefix: str) -> None:
             raise ConfigError(
                 f"'{prefix}bg_iou_thresh' = {obj.bg_iou_thresh} exceeds '{prefix}fg_iou_thresh' = {obj.fg_iou_thresh}"
             )
+        if obj.sr_finetune and obj.input_upscale != "sr":
+            raise ConfigError(
+                f"'{prefix}sr_finetune' is true but '{prefix}input_upscale' is {obj.input_upscale!r}: "
+                "there is no SR network to fine-tune (set input_upscale: sr)"
+            )
+    if isinstance(obj, Params) and obj.detector.input_upscale == "sr" and obj.detector.upscale_factor != obj.sr.scale:
+        raise ConfigError(
+            f"'detector.upscale_factor' = {obj.detector.upscale_factor} but 'sr.scale' = {obj.sr.scale}: "
+            "with input_upscale: sr the SR model does the upscaling, so the two must match"
+        )
     if isinstance(obj, OnlineAugmentConfig) and obj.scale_min > obj.scale_max:
         raise ConfigError(f"'{prefix}scale_min' = {obj.scale_min} exceeds '{prefix}scale_max' = {obj.scale_max}")
     if isinstance(obj, DataConfig) and obj.source == "coco":

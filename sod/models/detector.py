@@ -13,6 +13,8 @@ What differs from torchvision's defaults, and why:
 * the focal loss's γ and α come from params, through a classification-head subclass;
 * inputs are resized to ``min_size``/``max_size`` from params, not torchvision's 800/1333;
 * the backbone and FPN run in channels-last memory layout (much faster on CPU), the heads in the default one.
+* with ``detector.input_upscale`` bicubic or sr, every input is upscaled first (:mod:`sod.models.upscale`):
+  the network and its anchors see ``min_size × upscale_factor`` px, boxes come back in input pixels.
 
 Label convention, both architectures: ``labels`` are 1..K for K object classes; 0 is background (Faster
 R-CNN) or an unused, never-positive class (RetinaNet, as in torchvision's COCO RetinaNet), so evaluation
@@ -48,6 +50,8 @@ from sod.config import DetectorConfig, FocalConfig
 from sod.errors import DataError
 from sod.models.necks import ExtraLevels, PathAggregation
 from sod.models.pretrained import load_imagenet_state_dict
+from sod.models.sr import SRUpscaler, build_sr
+from sod.models.upscale import UpscaledDetector
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +461,11 @@ def faster_rcnn(
 
 
 def build_detector(
-    cfg: DetectorConfig, num_classes: int, anchors: dict[str, Any] | None = None, load_pretrained: bool = True
+    cfg: DetectorConfig,
+    num_classes: int,
+    anchors: dict[str, Any] | None = None,
+    load_pretrained: bool = True,
+    upscaler: SRUpscaler | None = None,
 ) -> nn.Module:
     """The detector that ``cfg`` describes: the one place where config keys meet constructor arguments.
 
@@ -466,15 +474,40 @@ def build_detector(
         num_classes: number of object classes K; targets' ``labels`` are 1..K (see the module docstring).
         anchors: the anchors stage's ``models/anchors.json`` content, or None for torchvision's default rule.
         load_pretrained: False skips reading ImageNet weights (the architecture is the same).
+        upscaler: the SR model, required by ``cfg.input_upscale == "sr"`` (ignored otherwise).
 
     Returns:
-        A torchvision RetinaNet or FasterRCNN. Train mode: ``model(images, targets) -> dict of losses``;
-        eval mode: ``model(images) -> [{"boxes": Tensor[D, 4] xyxy in input-image pixels, "labels", "scores"}]``.
-        Images are float Tensor[3, H, W] in 0..1.
+        A torchvision RetinaNet or FasterRCNN; with ``cfg.input_upscale`` bicubic or sr, that detector (built
+        for ``cfg.input_size()``) inside an :class:`~sod.models.upscale.UpscaledDetector`. Train mode:
+        ``model(images, targets) -> dict of losses``; eval mode: ``model(images) -> [{"boxes": Tensor[D, 4]
+        xyxy in input-image pixels, "labels", "scores"}]``. Images are float Tensor[3, H, W] in 0..1.
 
     Raises:
-        DataError: ``anchors`` does not fit ``cfg.levels``; ImageNet weights missing or corrupt.
+        DataError: ``anchors`` does not fit ``cfg.levels`` or the input size; ImageNet weights missing or
+            corrupt; ``input_upscale: sr`` without an SR model of scale ``upscale_factor``.
     """
+    min_size, max_size = cfg.input_size()
+    if (
+        anchors is not None
+        and "min_size" in anchors
+        and [anchors["min_size"], anchors.get("max_size")]
+        != [
+            min_size,
+            max_size,
+        ]
+    ):
+        raise DataError(
+            f"anchors file was fitted for a {anchors['min_size']}/{anchors.get('max_size')} px input, but the "
+            f"detector sees {min_size}/{max_size} px (detector.min_size/max_size × upscale_factor when "
+            "input_upscale is on); rerun `sod anchors` with the current params"
+        )
+    if cfg.input_upscale == "sr" and upscaler is None:
+        raise DataError("detector.input_upscale is sr but no SR model was given (`sod train-detector --sr-model`)")
+    if cfg.input_upscale == "sr" and upscaler is not None and upscaler.scale != cfg.upscale_factor:
+        raise DataError(
+            f"the SR model upscales ×{upscaler.scale} but detector.upscale_factor is {cfg.upscale_factor}; "
+            "retrain it with sr.scale set to the factor"
+        )
     backbone = build_backbone(
         name=cfg.backbone,
         levels=cfg.levels,
@@ -493,8 +526,8 @@ def build_detector(
         "backbone": backbone,
         "num_classes": num_classes + 1,  # label 0 is background (Faster R-CNN) / never used (RetinaNet)
         "anchor_generator": anchor_generator,
-        "min_size": cfg.min_size,
-        "max_size": cfg.max_size,
+        "min_size": min_size,
+        "max_size": max_size,
         "score_thresh": cfg.score_thresh,
         "nms_thresh": cfg.nms_thresh,
         "detections_per_img": cfg.detections_per_img,
@@ -502,10 +535,17 @@ def build_detector(
         "bg_iou_thresh": cfg.bg_iou_thresh,
     }
     if cfg.arch == "retinanet":
-        return retinanet(**common, gamma=cfg.focal.gamma, alpha=cfg.focal.alpha)
-    if cfg.focal != FocalConfig():
-        log.warning("detector.focal.* is ignored by arch faster_rcnn (its RPN and box head use cross-entropy)")
-    return faster_rcnn(**common)
+        model = retinanet(**common, gamma=cfg.focal.gamma, alpha=cfg.focal.alpha)
+    else:
+        if cfg.focal != FocalConfig():
+            log.warning("detector.focal.* is ignored by arch faster_rcnn (its RPN and box head use cross-entropy)")
+        model = faster_rcnn(**common)
+    if cfg.input_upscale == "none":
+        return model
+    sr = upscaler if cfg.input_upscale == "sr" else None
+    return UpscaledDetector(
+        model, cfg.upscale_factor, sr, finetune=cfg.sr_finetune, min_size=cfg.min_size, max_size=cfg.max_size
+    )
 
 
 def load_detector(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -531,7 +571,12 @@ def load_detector(path: str | Path, device: torch.device | str = "cpu") -> tuple
     if missing:
         raise DataError(f"{path} is not a sod detector model (missing {', '.join(sorted(missing))})")
     cfg = from_dict(DetectorConfig, state["detector"], "detector.")
-    model = build_detector(cfg, state["num_classes"], state["anchors"], load_pretrained=False)
+    upscaler = None
+    if cfg.input_upscale == "sr":
+        if not isinstance(state.get("sr"), dict):
+            raise DataError(f"{path}: an SR-input detector without its SR model's architecture ('sr')")
+        upscaler = build_sr(**state["sr"])  # its weights are in the state dict, under upscaler.
+    model = build_detector(cfg, state["num_classes"], state["anchors"], load_pretrained=False, upscaler=upscaler)
     model.load_state_dict(state["model"])
     model.to(device).eval()
     meta = {k: v for k, v in state.items() if k != "model"}

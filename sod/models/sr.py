@@ -195,14 +195,22 @@ class SRUpscaler(nn.Module):
         channels: ``'y'``: the network upscales BT.601 luma, chroma is upscaled bicubically (SR papers' setup);
             ``'rgb'``: the network upscales all three channels.
         residual: add the network's output to the bicubic upscaling of its input.
+        arch: the name of ``net`` in :data:`SR_MODELS` (recorded by :meth:`spec`).
     """
 
-    def __init__(self, net: nn.Module, scale: int, channels: Literal["y", "rgb"], residual: bool) -> None:
+    def __init__(
+        self, net: nn.Module, scale: int, channels: Literal["y", "rgb"], residual: bool, arch: str = ""
+    ) -> None:
         super().__init__()
         self.net = net
         self.scale = scale
         self.channels = channels
         self.residual = residual
+        self.arch = arch
+
+    def spec(self) -> dict[str, Any]:
+        """The arguments of :func:`build_sr` that rebuild this architecture (weights not included)."""
+        return {"model": self.arch, "scale": self.scale, "channels": self.channels, "residual": self.residual}
 
     def forward(self, lr_rgb: torch.Tensor) -> torch.Tensor:
         """Upscale ``Tensor[B, 3, h, w]`` (RGB, 0..1) to ``Tensor[B, 3, h * scale, w * scale]``.
@@ -224,7 +232,7 @@ class SRUpscaler(nn.Module):
 def build_sr(model: str, scale: int, channels: Literal["y", "rgb"], residual: bool) -> SRUpscaler:
     """A freshly initialised :class:`SRUpscaler` (see :func:`build_sr_net` for ``model``)."""
     net = build_sr_net(model, 1 if channels == "y" else 3, scale)
-    return SRUpscaler(net, scale, channels, residual)
+    return SRUpscaler(net, scale, channels, residual, arch=model)
 
 
 # ------------------------------------------------------------------------------------------ file I/O

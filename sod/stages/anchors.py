@@ -3,12 +3,14 @@
 Inputs: the (augmented) train COCO JSON; only ``images[].width/height`` and ``annotations[].bbox/area``
 are read, never the pixels. Every box is scaled to the detector's input size exactly as torchvision's
 ``GeneralizedRCNNTransform`` would (``detector.min_size`` / ``max_size``, see
-:func:`sod.models.anchors.input_scale`).
+:func:`sod.models.anchors.input_scale`), times ``detector.upscale_factor`` when ``detector.input_upscale``
+puts an upscaling front end before the network.
 
 Outputs (paths from the command line):
   * ``out`` (``models/anchors.json``): ``method``, ``levels``, ``strides``, ``anchors_wh`` (per level a
     list of ``[w, h]`` in input pixels, the same count on every level: ``anchors.anchors_per_level``, or
-    9 for ``method: default``), ``min_size``, ``max_size``; the detector builds its anchor generator from it;
+    9 for ``method: default``), ``min_size``, ``max_size`` (of the network's input); the detector builds
+    its anchor generator from it;
   * ``report`` (``reports/anchors.json``): under ``default`` (torchvision's anchors for the configured
     levels) and ``tuned`` (the anchors written to ``out``; equal to ``default`` for ``method: default``):
     ``bpr``, ``mean_best_iou``, ``bpr_small``, ``bpr_medium``, ``bpr_large``; and ``num_boxes``.
@@ -41,10 +43,12 @@ def run(params: Params, train_json: Path, out: Path, report: Path, plot: Path) -
         DataError: unreadable JSON, a malformed image or annotation record, or no boxes at all.
     """
     acfg, dcfg = params.anchors, params.detector
-    boxes_wh, areas = load_boxes(train_json, dcfg.min_size, dcfg.max_size)
+    # The network's input: with an upscaling front end (detector.input_upscale) objects are factor× larger.
+    min_size, max_size = dcfg.input_size()
+    boxes_wh, areas = load_boxes(train_json, min_size, max_size)
     if len(boxes_wh) == 0:
         raise DataError(f"{train_json}: no annotations with boxes: there is nothing to fit anchors to")
-    log.info("%d boxes at input scale %d/%d px", len(boxes_wh), dcfg.min_size, dcfg.max_size)
+    log.info("%d boxes at input scale %d/%d px", len(boxes_wh), min_size, max_size)
 
     default = anc.default_anchors_wh(dcfg.levels)
     if acfg.method == "kmeans":
@@ -91,8 +95,8 @@ def run(params: Params, train_json: Path, out: Path, report: Path, plot: Path) -
             "levels": list(dcfg.levels),
             "strides": [2**lv for lv in dcfg.levels],
             "anchors_wh": [[[float(w), float(h)] for w, h in level] for level in tuned],
-            "min_size": dcfg.min_size,
-            "max_size": dcfg.max_size,
+            "min_size": min_size,
+            "max_size": max_size,
         },
     )
     result = {"default": metrics_default, "tuned": metrics_tuned, "num_boxes": len(boxes_wh)}

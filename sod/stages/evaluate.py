@@ -5,12 +5,17 @@ Scale conventions. Each val image is first resized exactly as the detector resiz
 relative to this *model scale*: ``evaluate.scales`` are the full-image pyramid, and each tile of
 ``evaluate.sliced.tile`` px is resized by ``evaluate.sliced.upscale`` (160 px tiles at 2× are seen at
 the 320 px the detector trained on, the way SAHI feeds tiles to a detector). The detector itself then
-runs without resizing again, and boxes are mapped back to the original image pixels.
+runs without resizing again, and boxes are mapped back to the original image pixels. A detector with an
+upscaling front end (``detector.input_upscale``) upscales whatever it gets (image or tile) by its factor first.
+
+SR's control: for a detector with SR input, the same detector is scored again with bicubic input at the same
+factor (full image, under ``bicubic_input``), so the report shows what SR adds over plain upscaling.
 
 Outputs: ``report`` (``reports/evaluate.json``: the full-image metrics at the top level, the same keys
-under ``sliced``, and ``max_dets``), ``per_class`` CSV, COCO-format ``detections`` of the full-image pass
-(re-score them with plain pycocotools and ``maxDets[-1] = max_dets``), and under ``plots_dir``:
-``pr_curves.csv/.png`` (per size bucket), ``recall_vs_size.csv/.png`` (full vs sliced) and ``preview.png``.
+under ``sliced``, ``max_dets``, and ``bicubic_input`` for SR input), ``per_class`` CSV, COCO-format
+``detections`` of the full-image pass (re-score them with plain pycocotools and ``maxDets[-1] = max_dets``),
+and under ``plots_dir``: ``pr_curves.csv/.png`` (per size bucket), ``recall_vs_size.csv/.png`` (full vs
+sliced) and ``preview.png``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from sod.evaluation.sliced import SlicedPredictor
 from sod.io import load_rgb, read_json, write_csv, write_json
 from sod.models.anchors import input_scale
 from sod.models.detector import load_detector
+from sod.models.upscale import UpscaledDetector, bicubic_input
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,9 @@ def run(
     model, meta = load_detector(model_path, device)
     gt = read_json(val_json)
     result, extras = _score(model, meta, gt, val_json, params, device, progress, with_sliced=ecfg.sliced.enabled)
+    if isinstance(model, UpscaledDetector) and model.mode == "sr":
+        with bicubic_input(model):
+            result["bicubic_input"], _ = _score(model, meta, gt, val_json, params, device, progress, with_sliced=False)
     if baseline_model is not None:
         base, base_meta = load_detector(baseline_model, device)
         result["baseline"], _ = _score(base, base_meta, gt, val_json, params, device, progress, with_sliced=False)
@@ -116,7 +125,7 @@ def _score(
         for start in tqdm(range(0, len(images), batch), desc="evaluate", disable=not progress, leave=False):
             chunk = images[start : start + batch]
             arrays = [load_rgb(image_path(val_json, im["file_name"])) for im in chunk]
-            tensors, factors = zip(*(_to_model_scale(a, dcfg, device) for a in arrays), strict=True)
+            tensors, factors = zip(*(_to_model_scale(a, dcfg, device, model) for a in arrays), strict=True)
             inputs = [{"image_id": im["id"]} for im in chunk]
             for name, predictor in passes.items():
                 t0 = time.perf_counter()
@@ -135,11 +144,20 @@ def _score(
     return result, {**evaluators, "preview": preview}
 
 
-def _to_model_scale(rgb: np.ndarray, dcfg: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, float]:
-    """``(H, W, 3) uint8`` → ``float Tensor[3, h, w]`` in 0..1 at the detector's input scale, and that factor."""
+def _to_model_scale(
+    rgb: np.ndarray, dcfg: dict[str, Any], device: torch.device, model: torch.nn.Module | None = None
+) -> tuple[torch.Tensor, float]:
+    """``(H, W, 3) uint8`` → ``float Tensor[3, h, w]`` in 0..1 at the detector's input scale, and that factor.
+
+    An upscaling front end resizes as it did in training (its :meth:`~UpscaledDetector.native`), so the SR
+    network sees low-resolution images made the way it was trained on.
+    """
     h, w = rgb.shape[:2]
-    fx, _ = input_scale(w, h, dcfg["min_size"], dcfg["max_size"])
     x = torch.from_numpy(rgb).to(device).permute(2, 0, 1).float().div_(255)
+    if isinstance(model, UpscaledDetector):
+        x, (fx, _) = model.native(x)
+        return x, fx
+    fx, _ = input_scale(w, h, dcfg["min_size"], dcfg["max_size"])
     if fx != 1.0:
         x = F.interpolate(x[None], scale_factor=fx, mode="bilinear", align_corners=False, antialias=fx < 1)[0]
     return x, fx
@@ -174,11 +192,17 @@ def _native_size_predict_fn(model: torch.nn.Module) -> Callable[[Sequence[torch.
 def _transform_size(model: torch.nn.Module, min_size: int, max_size: int):
     t = model.transform
     saved = (t.min_size, t.max_size)
+    if isinstance(model, UpscaledDetector):  # inputs stay as they are, then the network sees them f× larger
+        front = (model.min_size, model.max_size)
+        model.min_size, model.max_size = min_size, max_size
+        min_size, max_size = min_size * model.input_factor, max_size * model.input_factor
     t.min_size, t.max_size = (min_size,), max_size
     try:
         yield
     finally:
         t.min_size, t.max_size = saved
+        if isinstance(model, UpscaledDetector):
+            model.min_size, model.max_size = front
 
 
 def _preview_item(

@@ -13,7 +13,9 @@ Outputs:
   full-image inference and the same under ``sliced_`` (empty when sliced inference was off or undefined).
 * ``plots_dir``: ``ap_vs_<sweep>.png`` — AP_small / AP_medium / AP_large against one lever, from the variants
   that differ from ``pipeline`` in that lever only (plus ``pipeline``), as in the small-object survey's
-  ablations: oversampling ratio, copy-paste count, focal γ, default vs tuned anchors; and ``full_vs_sliced.png``
+  ablations: oversampling ratio, copy-paste count, focal γ, default vs tuned anchors, none / bicubic / SR
+  input (``detector.input_upscale``; ``sr+finetune`` when the detection loss trained the SR network too); and
+  ``full_vs_sliced.png``
   (every variant, full-image against sliced inference). A figure whose lever has fewer than two values
   is not drawn.
 """
@@ -46,7 +48,15 @@ SWEEPS: dict[str, tuple[str, set[str]]] = {
     "copy_paste": ("augment.copy_paste.times", {"augment.copy_paste.times"}),
     "focal_gamma": ("detector.focal.gamma", {"detector.focal.gamma"}),
     "anchors": ("anchors.method", {"anchors.method"}),
+    # The SR front end; a variant may also change the tile upscale of sliced inference (the front end
+    # upscales tiles itself). A fine-tuned SR front end is its own point, "sr+finetune".
+    "input_upscale": (
+        "detector.input_upscale",
+        {"detector.input_upscale", "detector.upscale_factor", "detector.sr_finetune", "evaluate.sliced.upscale"},
+    ),
 }
+# Categorical levers drawn in this order rather than alphabetically.
+_X_ORDER = {"input_upscale": ["none", "bicubic", "sr", "sr+finetune"]}
 
 
 def load_runs(runs_dir: Path) -> list[dict[str, Any]]:
@@ -111,8 +121,13 @@ def sweep_points(runs: list[dict[str, Any]], sweep: str) -> pd.DataFrame:
             if method == "repeat_factor":
                 continue
             x = 1.0 if method == "none" else x
+        if sweep == "input_upscale" and run["params"].get("detector.sr_finetune"):
+            x = f"{x}+finetune"
         rows.append({"x": x, "variant": run["variant"], **{b: run["evaluate"].get(b) for b in BUCKETS}})
-    return pd.DataFrame(rows, columns=["x", "variant", *BUCKETS]).sort_values("x", kind="stable")
+    points = pd.DataFrame(rows, columns=["x", "variant", *BUCKETS])
+    order = _X_ORDER.get(sweep)
+    key = (lambda col: col.map(lambda v: order.index(v) if v in order else len(order))) if order else None
+    return points.sort_values("x", kind="stable", key=key)
 
 
 def _plot_sweep(points: pd.DataFrame, sweep: str, path: Path) -> None:

@@ -7,6 +7,10 @@ Checkpoints: one file per training configuration, ``<checkpoint_dir>/<fingerprin
 atomically after every epoch. A rerun after a kill resumes from it; a run with other params (another
 fingerprint) starts fresh instead of resuming from the wrong weights. The checkpoint is removed once
 the final model is written.
+
+SR front end (``detector.input_upscale: sr``): the SR model of ``sod train-sr`` (``--sr-model``) upscales every
+training image; it is frozen unless ``detector.sr_finetune``, and its weights are saved inside the detector
+model, so ``models/detector.pt`` alone rebuilds the whole thing.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from torch.utils.data import DataLoader
 from sod import engine
 from sod.config import Params, to_dict
 from sod.data.dataset import CocoDetectionDataset, collate_fn, train_transforms
+from sod.errors import DataError
 from sod.io import atomic_path, read_json, write_json
 from sod.models.detector import build_detector
+from sod.models.sr import SRUpscaler, load_sr
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +44,24 @@ def run(
     report: Path,
     loss_csv: Path,
     checkpoint_dir: Path,
+    sr_model: Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train, then write the model (``out``), the report and the per-epoch loss CSV; returns the report."""
+    """Train, then write the model (``out``), the report and the per-epoch loss CSV; returns the report.
+
+    Args:
+        sr_model: ``models/sr.pt``; read only when ``detector.input_upscale`` is sr.
+
+    Raises:
+        DataError: unreadable data or anchors; input_upscale sr without a readable SR model of the right scale.
+    """
     tcfg = params.train
+    upscaler, sr_sha256 = None, None
+    if params.detector.input_upscale == "sr":
+        if sr_model is None:
+            raise DataError("detector.input_upscale is sr: pass the SR model (`--sr-model models/sr.pt`)")
+        upscaler = load_sr(sr_model)
+        sr_sha256 = hashlib.sha256(Path(sr_model).read_bytes()).hexdigest()
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     anchors = read_json(anchors_json)
@@ -49,7 +69,7 @@ def run(
     with engine.distributed(tcfg.device) as dist_info:
         device = engine.resolve_device(tcfg.device, dist_info.local_rank)
         with engine.seeded(tcfg.seed):  # same initial weights on every rank and every run
-            model = build_detector(params.detector, dataset.num_classes, anchors).to(device)
+            model = build_detector(params.detector, dataset.num_classes, anchors, upscaler=upscaler).to(device)
         if dist_info.enabled:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
@@ -73,7 +93,7 @@ def run(
             optimizer, engine.warmup_cosine(total_steps, min(tcfg.warmup_iters, total_steps // 2))
         )
         scaler = torch.amp.GradScaler("cuda") if tcfg.amp and device.type == "cuda" else None
-        config = _fingerprint_config(params, anchors, train_json, dataset.num_classes, dist_info.world_size)
+        config = _fingerprint_config(params, anchors, train_json, dataset.num_classes, dist_info.world_size, sr_sha256)
         fingerprint = engine.config_fingerprint(config)[:16]
         checkpoint = checkpoint_dir / f"{fingerprint}.pt"
 
@@ -100,7 +120,7 @@ def run(
         }
         if dist_info.is_main:
             _write_loss_csv(loss_csv, history)  # also when every epoch was resumed from the checkpoint
-            save_model(out, engine.unwrap(model), params, dataset, anchors)
+            save_model(out, engine.unwrap(model), params, dataset, anchors, upscaler)
             write_json(report, result)
             checkpoint.unlink(missing_ok=True)
     return result
@@ -115,7 +135,12 @@ def _optimizer(model: torch.nn.Module, params: Params) -> torch.optim.Optimizer:
 
 
 def _fingerprint_config(
-    params: Params, anchors: dict[str, Any], train_json: Path, num_classes: int, world_size: int
+    params: Params,
+    anchors: dict[str, Any],
+    train_json: Path,
+    num_classes: int,
+    world_size: int,
+    sr_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Everything that makes two runs' checkpoints interchangeable: resuming across these would be wrong."""
     train = to_dict(params.train)
@@ -129,6 +154,7 @@ def _fingerprint_config(
         "num_classes": num_classes,
         "world_size": world_size,
         "data_sha256": hashlib.sha256(Path(train_json).read_bytes()).hexdigest(),
+        "sr_sha256": sr_sha256,  # another SR front end is another training run
     }
 
 
@@ -142,17 +168,25 @@ def _write_loss_csv(path: Path, history: list[dict[str, float]]) -> None:
 
 
 def save_model(
-    path: Path, model: torch.nn.Module, params: Params, dataset: CocoDetectionDataset, anchors: dict[str, Any]
+    path: Path,
+    model: torch.nn.Module,
+    params: Params,
+    dataset: CocoDetectionDataset,
+    anchors: dict[str, Any],
+    upscaler: SRUpscaler | None = None,
 ) -> None:
-    """``models/detector.pt``: the state dict plus everything needed to rebuild the model for inference."""
-    engine.save_checkpoint(
-        path,
-        {
-            "model": model.state_dict(),
-            "detector": to_dict(params.detector),
-            "anchors": anchors,
-            "num_classes": dataset.num_classes,
-            "categories": dataset.categories,
-            "label_to_category": dataset.label_to_category,
-        },
-    )
+    """``models/detector.pt``: the state dict plus everything needed to rebuild the model for inference.
+
+    With an SR front end, the state dict holds its (possibly fine-tuned) weights and ``sr`` its architecture.
+    """
+    state = {
+        "model": model.state_dict(),
+        "detector": to_dict(params.detector),
+        "anchors": anchors,
+        "num_classes": dataset.num_classes,
+        "categories": dataset.categories,
+        "label_to_category": dataset.label_to_category,
+    }
+    if upscaler is not None:
+        state["sr"] = upscaler.spec()
+    engine.save_checkpoint(path, state)

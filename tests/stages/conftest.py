@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from sod.cli import main
 
@@ -50,3 +51,31 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
                "--out", str(root / "models/anchors.json"),
                "--report", str(r / "anchors.json"), "--plot", str(r / "anchors.png")) == 0  # fmt: skip
     return root
+
+
+@pytest.fixture(scope="session")
+def sr_input(tiny_pipeline: Path) -> dict[str, Path]:
+    """An SR model file, anchors fitted at the ×2 input, and two SR-input detectors: frozen and fine-tuned."""
+    from sod.models.sr import build_sr, save_sr
+    from tests.stages.test_train_detector import _train
+
+    root = tiny_pipeline
+    torch.manual_seed(0)
+    up = build_sr("espcn", 2, "y", residual=True)
+    files = {"sr": root / "models/sr_x2.pt", "anchors": root / "models/anchors_x2.json"}
+    save_sr(files["sr"], up, up.spec())
+    # Score threshold 0 (post-processing only): the one-epoch model's scores sit near the focal prior.
+    sets = ("--set", "detector.input_upscale=sr", "--set", "detector.score_thresh=0.0")
+    code = sod(
+        "anchors", *sets, "--train", str(root / "data/augmented/train.json"), "--out", str(files["anchors"]),
+        "--report", str(root / "reports/anchors_x2.json"), "--plot", str(root / "reports/anchors_x2.png"),
+    )  # fmt: skip
+    assert code == 0
+    for name, finetune in (("sr_frozen", "false"), ("sr_finetuned", "true")):
+        code, paths = _train(
+            root, name, *sets, "--set", f"detector.sr_finetune={finetune}", "--sr-model", str(files["sr"]),
+            anchors=files["anchors"],
+        )  # fmt: skip
+        assert code == 0
+        files[name] = paths["out"]
+    return files

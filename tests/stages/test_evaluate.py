@@ -73,3 +73,24 @@ def test_tables_and_plots(evaluated: dict[str, Path]) -> None:
     assert {"size_min", "recall_full", "recall_sliced"} <= set(rs.columns)
     for name in ("pr_curves.png", "recall_vs_size.png", "preview.png"):
         assert (evaluated["plots"] / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sr_input_model_is_also_scored_with_bicubic_input(tiny_pipeline: Path, sr_input: dict[str, Path]) -> None:
+    root, report = tiny_pipeline, tiny_pipeline / "reports/evaluate_sr.json"
+    code = sod(
+        "evaluate", "--model", str(sr_input["sr_frozen"]), "--val", str(root / "data/prepared/val.json"),
+        "--report", str(report), "--per-class", str(root / "reports/per_class_sr.csv"),
+        "--detections", str(root / "reports/detections_sr.json"), "--plots-dir", str(root / "reports/plots/sr"),
+    )  # fmt: skip
+    assert code == 0
+    result = read_json(report)
+    control = result["bicubic_input"]  # the same detector, bicubic instead of SR in front
+    assert all(k in control and k in result["sliced"] for k in KEYS)
+    assert control["detections"] > 0 and result["detections"] > 0
+    assert "sliced" not in control
+    dets = read_json(root / "reports/detections_sr.json")  # in the val images' own pixels, not the 2× input's
+    assert max(d["bbox"][0] + d["bbox"][2] for d in dets) <= 128 + 1e-3
+
+
+def test_plain_model_has_no_bicubic_control(evaluated: dict[str, Path]) -> None:
+    assert "bicubic_input" not in read_json(evaluated["report"])

@@ -70,3 +70,16 @@ def test_a_foreign_file_is_named(tmp_path: Path) -> None:
     write_json(tmp_path / "x.json", {"variant": "x"})
     with pytest.raises(DataError, match=r"x\.json: not an ablation variant result \(missing params, evaluate\)"):
         report.load_runs(tmp_path)
+
+
+def test_input_upscale_sweep_in_front_end_order(tmp_path: Path) -> None:
+    base = {**PIPELINE, "detector.input_upscale": "none", "detector.sr_finetune": False, "evaluate.sliced.upscale": 2.0}
+    up = {"evaluate.sliced.upscale": 1.0}  # the front end upscales tiles itself
+    _write(tmp_path, "pipeline", base, 0.2)
+    _write(tmp_path, "in_sr_ft", {**base, **up, "detector.input_upscale": "sr", "detector.sr_finetune": True}, 0.3)
+    _write(tmp_path, "in_sr", {**base, **up, "detector.input_upscale": "sr"}, 0.28)
+    _write(tmp_path, "in_bicubic", {**base, **up, "detector.input_upscale": "bicubic"}, 0.25)
+    _write(tmp_path, "gamma_0", {**base, "detector.focal.gamma": 0.0}, 0.1)
+    points = report.sweep_points(report.load_runs(tmp_path), "input_upscale")
+    assert list(points["x"]) == ["none", "bicubic", "sr", "sr+finetune"]
+    assert list(points["AP_small"]) == [0.2, 0.25, 0.28, 0.3]

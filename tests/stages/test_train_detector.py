@@ -11,10 +11,12 @@ import torch
 from sod.engine import EpochSampler
 from sod.io import read_json
 from sod.models.detector import load_detector
+from sod.models.sr import load_sr
+from sod.models.upscale import UpscaledDetector
 from tests.stages.conftest import sod
 
 
-def _train(root: Path, name: str, *extra: str) -> tuple[int, dict[str, Path]]:
+def _train(root: Path, name: str, *extra: str, anchors: Path | None = None) -> tuple[int, dict[str, Path]]:
     paths = {
         "out": root / "models" / f"{name}.pt",
         "report": root / "reports" / f"{name}.json",
@@ -23,7 +25,7 @@ def _train(root: Path, name: str, *extra: str) -> tuple[int, dict[str, Path]]:
     }
     code = sod(
         "train-detector", "--train", str(root / "data/augmented/train.json"),
-        "--anchors", str(root / "models/anchors.json"), "--out", str(paths["out"]),
+        "--anchors", str(anchors or root / "models/anchors.json"), "--out", str(paths["out"]),
         "--report", str(paths["report"]), "--loss-csv", str(paths["csv"]), "--checkpoint-dir", str(paths["ckpt"]),
         *extra,
     )  # fmt: skip
@@ -98,3 +100,23 @@ def test_epoch_sampler_by_hand() -> None:
     shards = [list(EpochSampler(3, 7, seed=0, rank=r, world_size=2)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 3  # equal shards keep DDP ranks in step
     assert sorted(shards[0] + shards[1]) == sorted(first[:6])
+
+
+def test_sr_input_detector_saves_its_sr_network(sr_input: dict[str, Path]) -> None:
+    assert read_json(sr_input["anchors"])["min_size"] == 256  # the network sees the tiny 128 px scenes at 2×
+    sr_weights = load_sr(sr_input["sr"]).net.state_dict()
+    frozen, meta = load_detector(sr_input["sr_frozen"])
+    assert isinstance(frozen, UpscaledDetector) and frozen.mode == "sr" and meta["sr"]["model"] == "espcn"
+    assert all(torch.equal(frozen.upscaler.net.state_dict()[k], v) for k, v in sr_weights.items())
+    tuned, _ = load_detector(sr_input["sr_finetuned"])  # the detection loss moved the SR weights
+    assert not all(torch.equal(tuned.upscaler.net.state_dict()[k], v) for k, v in sr_weights.items())
+    with torch.inference_mode():
+        (out,) = frozen([torch.rand(3, 128, 128)])
+    assert out["boxes"].shape[1] == 4 and (out["boxes"] <= 128 + 1e-3).all()
+
+
+def test_sr_input_without_sr_model_is_a_clear_error(
+    tiny_pipeline: Path, sr_input: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = _train(tiny_pipeline, "no_sr", "--set", "detector.input_upscale=sr", anchors=sr_input["anchors"])
+    assert code == 2 and "--sr-model" in capsys.readouterr().err
