@@ -1,4 +1,5 @@
-"""MLflow tracking of stage runs: the only module of sod that imports mlflow.
+"""MLflow tracking of stage runs: the only module of sod that imports mlflow (inside the functions that log:
+importing mlflow costs ~2 s, which every stage process and flow run would pay even with tracking off).
 
 Every ``sod <stage>`` run (the CLI calls :func:`log_stage` after the stage returns) becomes one MLflow run:
 
@@ -40,9 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import mlflow
 import yaml
-from mlflow.tracking import MlflowClient
 
 from sod import __version__
 from sod.config import Params, flatten, to_dict
@@ -114,6 +113,8 @@ def _short_http_timeouts() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _session(uri: str | None = None) -> Iterator[None]:
+    import mlflow
+
     with _short_http_timeouts():
         mlflow.set_tracking_uri(uri or tracking_uri())
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
@@ -267,6 +268,8 @@ def log_pending(stage: str) -> str:
 
 
 def _log(run: StageRun) -> str:
+    import mlflow
+
     report = json.loads(Path(run.report).read_text()) if run.report.endswith(".json") else {}
     parent = os.environ.get(PARENT_ENV) or None
     with _session(), mlflow.start_run(run_name=run.stage, parent_run_id=parent, tags=run.tags) as active:
@@ -306,6 +309,7 @@ def _pip_requirements() -> list[str]:
 
 def _log_model(run: StageRun, metrics: Mapping[str, float]) -> None:
     import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
 
     assert run.model is not None
     if run.model_kind == "detector":
@@ -335,6 +339,9 @@ def _log_model(run: StageRun, metrics: Mapping[str, float]) -> None:
 
 def _tag_evaluated_version(model_file: str, metrics: Mapping[str, float]) -> None:
     """Attach evaluation metrics to the registered detector version built from ``model_file`` (if any)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     md5 = _md5_path(Path(model_file))
     client = MlflowClient()
     name = REGISTERED["detector"]
@@ -357,6 +364,9 @@ def start_parent_run(name: str, uri: str, tags: Mapping[str, str] | None = None)
     """Start (and leave open) the run a flow nests its stages under; None when tracking is off or fails."""
     if not enabled():
         return None
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     try:
         with _session(uri):
             client = MlflowClient()
@@ -373,6 +383,8 @@ def end_parent_run(run_id: str | None, uri: str, metrics: Mapping[str, float], f
     """Log the flow's summary metrics on its parent run and close it; never raises."""
     if run_id is None:
         return
+    from mlflow.tracking import MlflowClient
+
     try:
         with _short_http_timeouts():
             client = MlflowClient(tracking_uri=uri)
@@ -391,6 +403,8 @@ def log_variants(table_csv: str | Path, metric_keys: list[str]) -> None:
     """
     if not enabled():
         return
+    import mlflow
+
     with open(table_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     try:
