@@ -6,8 +6,9 @@ same way (``evaluate.sliced.merge``/``match``/``match_thresh``, class-aware). Th
 sod / SAHI (target ≥ 3×), and AP / AP_small of both from the same pycocotools evaluator (they should agree
 within 0.01). ``--select small`` also times sod's mode that runs only the tiles around small full-image
 candidates. Needs the `bench` extra (``pip install -e '.[bench]'``) and a trained ``models/detector.pt``.
+``--device`` picks CPU or CUDA (default: CUDA when available); both methods run on the same device.
 
-    python bench/sliced.py --images 40
+    python bench/sliced.py --images 40 [--device cuda]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from sod.config import load_params  # noqa: E402
 from sod.data.coco import image_path  # noqa: E402
+from sod.engine import resolve_device  # noqa: E402
 from sod.evaluation.coco_eval import CocoEvaluator  # noqa: E402
 from sod.evaluation.sliced import SlicedPredictor  # noqa: E402
 from sod.io import load_rgb, read_json  # noqa: E402
@@ -32,7 +34,12 @@ from sod.models.detector import load_detector  # noqa: E402
 from sod.stages.evaluate import _native_size_predict_fn  # noqa: E402
 
 
-def sahi_predict(model, meta, images: list[np.ndarray], cfg) -> tuple[list[dict], float]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # CUDA runs asynchronously: wait before reading the clock
+        torch.cuda.synchronize(device)
+
+
+def sahi_predict(model, meta, images: list[np.ndarray], cfg, device: torch.device) -> tuple[list[dict], float]:
     from sahi.models.torchvision import TorchVisionDetectionModel
     from sahi.predict import get_sliced_prediction
 
@@ -42,11 +49,12 @@ def sahi_predict(model, meta, images: list[np.ndarray], cfg) -> tuple[list[dict]
         model=model,
         confidence_threshold=meta["detector"]["score_thresh"],
         image_size=int(cfg.sliced.tile * cfg.sliced.upscale),  # tiles seen at the detector's input size
-        device="cpu",
+        device=str(device),
         category_mapping=mapping,
         load_at_init=True,
     )
     outputs = []
+    _sync(device)
     t0 = time.perf_counter()
     for rgb in images:
         res = get_sliced_prediction(
@@ -71,20 +79,24 @@ def sahi_predict(model, meta, images: list[np.ndarray], cfg) -> tuple[list[dict]
                 "labels": torch.tensor([int(p.category.id) for p in preds], dtype=torch.int64),
             }
         )
+    _sync(device)
     return outputs, time.perf_counter() - t0
 
 
-def sod_predict(model, images: list[np.ndarray], cfg, select: str) -> tuple[list[dict], float]:
+def sod_predict(model, images: list[np.ndarray], cfg, select: str, device: torch.device) -> tuple[list[dict], float]:
     cfg.sliced.select = select
     predictor = SlicedPredictor.from_config(_native_size_predict_fn(model), cfg, sliced=True)
     outputs = []
+    _sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, len(images), cfg.batch_size):
             chunk = [
-                torch.from_numpy(a).permute(2, 0, 1).float().div(255) for a in images[start : start + cfg.batch_size]
+                torch.from_numpy(a).to(device).permute(2, 0, 1).float().div(255)
+                for a in images[start : start + cfg.batch_size]
             ]
-            outputs.extend(predictor(chunk))
+            outputs.extend({k: v.cpu() for k, v in o.items()} for o in predictor(chunk))
+    _sync(device)
     return outputs, time.perf_counter() - t0
 
 
@@ -95,10 +107,13 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=40, help="val images to run (default: %(default)s)")
     ap.add_argument("--select", choices=["all", "small"], action="append", default=None,
                     help="sod tile selection modes to time (default: all and small)")  # fmt: skip
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where both methods run (default: %(default)s = CUDA when available)")  # fmt: skip
     args = ap.parse_args()
 
     cfg = load_params(ROOT / "params.yaml").evaluate
-    model, meta = load_detector(args.model)
+    device = resolve_device(args.device)
+    model, meta = load_detector(args.model, device)
     gt = read_json(args.val)
     ims = sorted(gt["images"], key=lambda im: im["id"])[: args.images]
     images = [load_rgb(image_path(args.val, im["file_name"])) for im in ims]
@@ -110,17 +125,18 @@ def main() -> None:
         return ev.evaluate()
 
     rows = []
-    out, secs = sahi_predict(model, meta, images, cfg)
+    out, secs = sahi_predict(model, meta, images, cfg, device)
     rows.append(("SAHI get_sliced_prediction (peer)", secs, score(out)))
     for select in args.select or ["all", "small"]:
-        out, secs = sod_predict(model, images, cfg, select)
+        out, secs = sod_predict(model, images, cfg, select, device)
         rows.append((f"sod SlicedPredictor select={select}", secs, score(out)))
 
     peer_ips = len(images) / rows[0][1]
     sl = cfg.sliced
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     print(
         f"{len(images)} val images, tile {sl.tile} px, overlap {sl.overlap}, upscale {sl.upscale}, "
-        f"batch {sl.batch_size}, {torch.get_num_threads()} threads"
+        f"batch {sl.batch_size}, device {device}{threads}"
     )
     print(f"{'method':<38}{'images/s':>9}{'ratio':>7}{'AP':>8}{'AP_small':>10}")
     for name, secs, m in rows:
