@@ -48,6 +48,11 @@ DEFAULT_GRID: dict[str, dict[str, Any]] = {
     "gamma_1": {"detector.focal.gamma": 1.0},
     "gamma_5": {"detector.focal.gamma": 5.0},
     "anchors_default": {"anchors.method": "default"},
+    # The SR front end against its bicubic control, both ×2 (the network sees 640 px: 4× the compute). The front
+    # end upscales sliced inference's tiles too, so the tiles are not resized again (160 px tiles seen at 320).
+    "input_bicubic": {"detector.input_upscale": "bicubic", "evaluate.sliced.upscale": 1.0},
+    "input_sr": {"detector.input_upscale": "sr", "evaluate.sliced.upscale": 1.0},
+    "input_sr_finetune": {"detector.input_upscale": "sr", "detector.sr_finetune": True, "evaluate.sliced.upscale": 1.0},
 }
 WORKERS = int(os.environ.get("SOD_ABLATION_WORKERS", "2"))
 # Never copied into a variant's workspace: the repo's metadata, caches and results of other runs.

@@ -1,23 +1,32 @@
-"""The DVC DAG as a Prefect flow: one task per stage, each run through ``dvc repro --single-item``.
+"""The DVC DAG as a Prefect flow: one task per stage, each the equivalent of ``dvc repro --single-item <stage>``.
 
 DVC decides what is up to date (a stage whose deps and params did not change is skipped) and records
-dvc.lock; Prefect adds retries for transient failures, scheduling on workers, and a UI. The flow opens one
-MLflow run and passes its id to the stage processes (``SOD_MLFLOW_PARENT_RUN_ID``), so every stage's run is
-nested under it. With a DVC remote configured, it pulls before and pushes after.
+dvc.lock; Prefect adds retries for transient failures, scheduling on workers, and a UI. The stages run
+through DVC's Python API in the flow's process (``Repo.reproduce``), so DVC is imported and its repo read
+once per flow run rather than once per stage; each stage's command still runs in its own process, and its
+output is shown as it comes and kept for the error message. The flow opens one MLflow run and passes its id
+to the stage processes (``SOD_MLFLOW_PARENT_RUN_ID``), so every stage's run is nested under it. With a DVC
+remote configured, it pulls before and pushes after.
 
 Run it: ``python -m flows.pipeline`` (or the ``sod-pipeline`` deployment in prefect.yaml).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from sod import tracking
@@ -28,6 +37,8 @@ from sod.io import read_json
 _TRANSIENT_CODES = {-9, -15, 137, 143}
 _TRANSIENT_TEXT = ("Unable to acquire lock", "Connection", "Timeout", "timed out")
 _TAIL = 40  # lines of a failed command's output kept in the error
+_TAIL_BYTES = 64 * 1024  # what a stage's output buffer keeps: enough for _TAIL lines of progress bars
+_EXIT = re.compile(r"exited with (-?\d+)")  # how DVC's StageCmdFailedError states the command's exit code
 
 
 class TransientError(RuntimeError):
@@ -47,9 +58,13 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 def command_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a DVC command: this Python's ``bin`` first on PATH (DVC runs the ``sod`` script),
-    the git commit and the MLflow store of ``root`` (for workspaces that are copies), and ``extra``."""
+    ``root`` first on PYTHONPATH, the git commit and the MLflow store of ``root`` (for workspaces that are
+    copies), and ``extra``."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # The stages run root's code, the files DVC hashes as their deps, not the copy of sod this Python has
+    # installed: a worker's environment serves every clone it runs a deployment in.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if "SOD_GIT_COMMIT" not in env:
@@ -72,11 +87,121 @@ def run_dvc(args: list[str], root: Path, env: dict[str, str]) -> str:
     output = proc.stdout + proc.stderr
     if proc.returncode == 0:
         return output
+    raise _failure(f"`dvc {' '.join(args)}` failed with exit code {proc.returncode}", proc.returncode, output)
+
+
+def _failure(headline: str, code: int | None, output: str) -> RuntimeError:
+    """The error for a failed command: ``headline``, then the last :data:`_TAIL` lines of its ``output``;
+    a :class:`TransientError` when the exit code or the output says a retry may pass."""
     tail = "\n".join(output.splitlines()[-_TAIL:])
-    message = f"`dvc {' '.join(args)}` failed with exit code {proc.returncode}:\n{tail}"
-    if proc.returncode in _TRANSIENT_CODES or any(t in output for t in _TRANSIENT_TEXT):
-        raise TransientError(message)
-    raise RuntimeError(message)
+    message = f"{headline}:\n{tail}"
+    if code in _TRANSIENT_CODES or any(t in message for t in _TRANSIENT_TEXT):
+        return TransientError(message)
+    return RuntimeError(message)
+
+
+@contextlib.contextmanager
+def _tee_output() -> Iterator[bytearray]:
+    """Copy what this process and its children write to fds 1 and 2 on to where it went before, keeping the
+    last :data:`_TAIL_BYTES` in the yielded buffer.
+
+    DVC runs a stage's command with this process's stdout and stderr; the copy keeps the command's output
+    live (a worker's log, a terminal) while the buffer gives a failure its tail.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    tail = bytearray()
+    lock = threading.Lock()
+
+    def pump(src: int, dst: int) -> None:
+        forward = True
+        with os.fdopen(src, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                view = memoryview(chunk)
+                try:
+                    while forward and view:
+                        view = view[os.write(dst, view) :]
+                except OSError:  # the original stream is gone (a closed pipe): keep reading, or the stage blocks
+                    forward = False
+                with lock:
+                    tail.extend(chunk)
+                    del tail[:-_TAIL_BYTES]
+
+    saved: list[tuple[int, int]] = []
+    pumps: list[threading.Thread] = []
+    for fd in (1, 2):
+        read_end, write_end = os.pipe()
+        saved.append((fd, os.dup(fd)))
+        os.dup2(write_end, fd)
+        os.close(write_end)
+        pumps.append(threading.Thread(target=pump, args=(read_end, saved[-1][1]), daemon=True))
+        pumps[-1].start()
+    try:
+        yield tail
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, original in saved:
+            os.dup2(original, fd)  # drops this process's write end of the pipe: its pump reads to the end
+        for (_, original), pump_thread in zip(saved, pumps, strict=True):
+            pump_thread.join(timeout=5)
+            # A process the command left behind may still hold the pipe: its pump keeps forwarding to
+            # `original` (left open) and the tail stops here, rather than the stage waiting for it.
+            if not pump_thread.is_alive():
+                os.close(original)
+
+
+def reproduce(stage: str, root: Path, env: dict[str, str], force: bool = False) -> bool:
+    """Run one stage like ``dvc repro --single-item <stage>``, through DVC's Python API in this process.
+
+    One stage at a time per process (as the flow runs them): the stage's output is read through this process's
+    stdout and stderr (:func:`_tee_output`).
+
+    Args:
+        stage: the stage's name in dvc.yaml.
+        root: the repo.
+        env: the environment of the stage's command (see :func:`command_env`).
+        force: run it even when DVC finds it up to date.
+
+    Returns:
+        True when the stage ran (or was restored from DVC's run cache), False when it was up to date.
+
+    Raises:
+        TransientError: killed by a signal, or a lock/network message in the error or the output.
+        RuntimeError: any other failure: the command's exit code and the last lines of its output.
+    """
+    # Imported here: the ablation flow imports this module but runs DVC in separate processes.
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    failure: DvcException | None = None
+    # DVC prints its messages ("Running stage ...") with its own handlers; passed on to the root logger's
+    # handler too (Prefect's console), every one of them would be in the run's log twice.
+    dvc_log = logging.getLogger("dvc")
+    propagate, dvc_log.propagate = dvc_log.propagate, False
+    with _tee_output() as output:
+        try:
+            with Repo(str(root)) as repo:
+                # The target names its dvc.yaml: DVC resolves a bare stage name from the working directory.
+                target = f"{root / 'dvc.yaml'}:{stage}"
+                ran = bool(repo.reproduce(target, single_item=True, force=force, run_env=env))
+        except DvcException as exc:
+            failure = exc
+        finally:
+            dvc_log.propagate = propagate
+    if failure is None:
+        return ran
+    # DVC's error says what failed ("failed to reproduce 'x'"), its cause how ("failed to run: <cmd>, exited
+    # with 2", "Unable to acquire lock"); read after the tee is closed, so the output is complete.
+    reasons: list[str] = []
+    cause: BaseException | None = failure
+    while cause is not None:
+        reasons.append(str(cause))
+        cause = cause.__cause__
+    found = _EXIT.search(" ".join(reasons))
+    code = int(found.group(1)) if found else None
+    headline = f"`dvc repro --single-item {stage}` failed{f' with exit code {code}' if found else ''}"
+    raise _failure(f"{headline} ({': '.join(reasons)})", code, output.decode(errors="replace")) from failure
 
 
 def dag_order(dvc_yaml: Path) -> list[str]:
@@ -123,27 +248,36 @@ def summarize(root: Path, stages: list[str]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def has_remote(root: Path, env: dict[str, str]) -> bool:
-    """True when ``dvc remote list`` names at least one remote."""
-    return bool(run_dvc(["remote", "list"], root, env).strip())
+def has_remote(root: Path) -> bool:
+    """True when the repo's DVC config (all levels, as ``dvc remote list`` reads it) names a remote."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return bool(repo.config["remote"])
 
 
-@task(retries=2, retry_delay_seconds=30, retry_condition_fn=_retry_transient, task_run_name="dvc-repro-{stage}")
-def run_stage(stage: str, root: Path, env: dict[str, str], force: bool = False) -> str:
-    """Run one DVC stage (``dvc repro --single-item``); DVC skips it when nothing changed."""
-    output = run_dvc(["repro", "--single-item", *(["--force"] if force else []), stage], root, env)
-    skipped = "didn't change, skipping" in output or "is cached - skipping" in output
-    get_run_logger().info("stage %s: %s", stage, "up to date" if skipped else "ran")
-    return output
+# No Prefect result caching (NO_CACHE): DVC alone decides what is up to date, from the files themselves.
+@task(
+    retries=2,
+    retry_delay_seconds=30,
+    retry_condition_fn=_retry_transient,
+    task_run_name="dvc-repro-{stage}",
+    cache_policy=NO_CACHE,
+)
+def run_stage(stage: str, root: Path, env: dict[str, str], force: bool = False) -> bool:
+    """Run one DVC stage (:func:`reproduce`); DVC skips it when nothing changed. Returns whether it ran."""
+    ran = reproduce(stage, root, env, force)
+    get_run_logger().info("stage %s: %s", stage, "ran" if ran else "up to date")
+    return ran
 
 
-@task(retries=3, retry_delay_seconds=20, retry_condition_fn=_retry_transient)
+@task(retries=3, retry_delay_seconds=20, retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
 def dvc_pull(root: Path, env: dict[str, str]) -> None:
     """Fetch the cached outputs that the remote holds (missing ones are built by the stages)."""
     run_dvc(["pull", "--allow-missing"], root, env)
 
 
-@task(retries=3, retry_delay_seconds=20, retry_condition_fn=_retry_transient)
+@task(retries=3, retry_delay_seconds=20, retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
 def dvc_push(root: Path, env: dict[str, str]) -> None:
     """Send the new outputs to the remote."""
     run_dvc(["push"], root, env)
@@ -175,7 +309,7 @@ def pipeline(
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {order}")
     selected = [s for s in order if stages is None or s in stages]
     env = command_env(repo)
-    remote = has_remote(repo, env) if pull is None or push is None else False
+    remote = has_remote(repo) if pull is None or push is None else False
     if pull if pull is not None else remote:
         dvc_pull(repo, env)
     parent = tracking.start_parent_run(

@@ -47,6 +47,7 @@ def make_tiny_repo(dest: Path) -> Path:
 
     shutil.copytree(REPO, dest, ignore=ignore)
     (dest / "reports" / "ablation").mkdir(parents=True)
+    (dest / "reports" / "ablation" / ".gitkeep").touch()  # as in the repo: a git clone has the report's input dir
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in TINY)}
     params = variant_params(dest / "params.yaml", overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

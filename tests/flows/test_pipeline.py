@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
+from prefect import flow
 
-from flows.pipeline import TransientError, _retry_transient, dag_order, run_dvc
+from flows.pipeline import (
+    TransientError,
+    _retry_transient,
+    command_env,
+    dag_order,
+    has_remote,
+    reproduce,
+    run_dvc,
+    run_stage,
+)
+
+
+def _dvc_repo(root: Path, stages: dict[str, str]) -> Path:
+    """A DVC repo (no git) at ``root`` whose stages run the given shell commands, each writing ``<name>.out``."""
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    spec = {name: {"cmd": cmd, "outs": [{f"{name}.out": {"cache": False}}]} for name, cmd in stages.items()}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": spec}, sort_keys=False))
+    return root
 
 
 def test_dag_order_puts_readers_after_writers(tmp_path: Path) -> None:
@@ -44,6 +65,82 @@ def test_a_failing_command_names_itself_and_is_not_transient(tmp_path: Path) -> 
     with pytest.raises(RuntimeError, match="`dvc repro nosuchstage` failed") as info:
         run_dvc(["repro", "nosuchstage"], tmp_path, {"PATH": "", "DVC_NO_ANALYTICS": "1"})
     assert not isinstance(info.value, TransientError)
+
+
+def test_stages_run_the_code_of_their_repo(tmp_path: Path) -> None:
+    # A worker's Python has sod installed from elsewhere; a clone's stages must import the clone's sod.
+    (tmp_path / "sod").mkdir()
+    (tmp_path / "sod" / "__init__.py").write_text("WHERE = 'clone'\n")
+    cmd = "python -P -c \"import sod; open('where.out', 'w').write(sod.WHERE)\""  # -P: not from the cwd
+    repo = _dvc_repo(tmp_path, {"where": cmd})
+    assert reproduce("where", repo, command_env(repo)) is True
+    assert (repo / "where.out").read_text() == "clone"
+
+
+def test_reproduce_runs_a_stage_once_and_records_it(tmp_path: Path) -> None:
+    repo = _dvc_repo(tmp_path, {"hello": "echo hi > hello.out"})
+    env = command_env(repo)
+    assert reproduce("hello", repo, env) is True
+    assert (repo / "hello.out").read_text() == "hi\n"
+    assert "hello" in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert reproduce("hello", repo, env) is False  # DVC finds it up to date
+    assert reproduce("hello", repo, env, force=True) is True
+    assert not has_remote(repo)
+    with (repo / ".dvc" / "config").open("a") as config:  # what `dvc remote add store /nowhere` appends
+        config.write("['remote \"store\"']\n    url = /nowhere\n")
+    assert has_remote(repo)
+
+
+def test_a_failing_stage_gives_its_exit_code_and_output_tail(tmp_path: Path) -> None:
+    cmd = "echo reading scenes; seq 1 100 >&2; echo 'bad record 7' >&2; exit 2"
+    repo = _dvc_repo(tmp_path, {"bad": cmd})
+    with pytest.raises(RuntimeError, match="--single-item bad` failed with exit code 2") as info:
+        reproduce("bad", repo, command_env(repo))
+    assert not isinstance(info.value, TransientError)
+    lines = str(info.value).splitlines()
+    # The last 40 lines of the output (stdout and stderr), after the headline.
+    assert "bad record 7" in lines and "100" in lines and "50" not in lines and len(lines) == 41
+
+
+def test_a_killed_stage_is_transient(tmp_path: Path) -> None:
+    repo = _dvc_repo(tmp_path, {"killed": "echo started; kill -9 $$"})  # the stage's shell gets SIGKILL
+    with pytest.raises(TransientError, match="exit code -9") as info:
+        reproduce("killed", repo, command_env(repo))
+    assert "started" in str(info.value)
+
+
+def test_a_stage_that_cannot_take_the_repo_lock_is_transient(tmp_path: Path) -> None:
+    repo = _dvc_repo(tmp_path, {"hello": "echo hi > hello.out"})
+    holder = (
+        "import sys, time; from dvc.repo import Repo; Repo('.').lock.lock(); print('held', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], cwd=repo, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        with pytest.raises(TransientError, match="Unable to acquire lock"):
+            reproduce("hello", repo, command_env(repo))  # DVC waits for the lock 3 s, then gives up
+    finally:
+        proc.kill()
+        proc.wait()
+    assert reproduce("hello", repo, command_env(repo)) is True
+
+
+@pytest.mark.slow
+def test_the_task_retries_a_transient_failure_only(prefect_server: None, tmp_path: Path) -> None:
+    # The first attempt is killed, the retry passes; a stage that fails on its own runs once.
+    flaky = "test -f tried || { touch tried; kill -9 $$; }; echo done > flaky.out"
+    bad = "echo attempt >> attempts; exit 2"
+    repo = _dvc_repo(tmp_path, {"flaky": flaky, "bad": bad})
+    quick = run_stage.with_options(retry_delay_seconds=0)
+
+    @flow
+    def one(stage: str) -> bool:
+        return quick(stage, repo, command_env(repo))
+
+    assert one("flaky") is True and (repo / "flaky.out").read_text() == "done\n"
+    with pytest.raises(RuntimeError, match="exit code 2"):
+        one("bad")
+    assert (repo / "attempts").read_text() == "attempt\n"
 
 
 @pytest.mark.slow
