@@ -4,8 +4,9 @@ In the spirit of torchvision's ``references/detection/engine.py``: free function
 arguments. ``train_one_epoch`` works with any model that returns a loss dict in training mode
 (torchvision detectors, ``model(images, targets) -> {"loss_classifier": ..., ...}``).
 
-Determinism on CPU: every epoch runs under ``torch.random.fork_rng`` seeded with ``seed + epoch``, so
-the shuffling and random transforms of epoch *e* do not depend on whether the run was resumed.
+Determinism on CPU: every epoch runs under ``torch.random.fork_rng`` seeded with ``seed + epoch``, and
+:func:`train_loader` starts its workers anew every epoch (their seeds drawn from that RNG), so the shuffling
+and random transforms of epoch *e* do not depend on whether the run was resumed.
 """
 
 from __future__ import annotations
@@ -216,6 +217,34 @@ def train_one_epoch(
     means["images_per_s"] = n_images * world_size / elapsed if elapsed > 0 else 0.0
     means["lr"] = float(optimizer.param_groups[0]["lr"])
     return means
+
+
+def train_loader(
+    dataset: torch.utils.data.Dataset,
+    sampler: EpochSampler,
+    batch_size: int,
+    num_workers: int,
+    collate_fn: Callable[[list[Any]], Any],
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    """The training DataLoader: ``sampler``'s order, ``batch_size`` per step, the last partial batch dropped
+    when there is more than one batch.
+
+    Workers are not persistent, on purpose: each epoch starts new ones, whose RNG seeds DataLoader draws from
+    the global RNG that :func:`fit` seeds with ``seed + epoch``. Persistent workers would carry their random
+    streams from the first epoch the process ran, so a run resumed after a kill would see other random
+    transforms than an uninterrupted one.
+    """
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        drop_last=len(sampler) > batch_size,
+    )
 
 
 @contextmanager

@@ -23,13 +23,16 @@ class Killed(Exception):
     """Stands in for a kill signal after an epoch's checkpoint is written."""
 
 
-def _train(ckpt: Path, epochs: int = 3, kill_after: int | None = None) -> nn.Module:
+def _train(ckpt: Path, epochs: int = 3, kill_after: int | None = None, workers: int | None = None) -> nn.Module:
     torch.manual_seed(0)
     model = tiny_retinanet()
     opt = torch.optim.AdamW(model.parameters(), lr=CONFIG["lr"])
     steps = epochs * 3
     sched = torch.optim.lr_scheduler.LambdaLR(opt, engine.warmup_cosine(steps, 2))
-    loader = DataLoader(RandomBoxes(6), batch_size=2, shuffle=True, collate_fn=collate)
+    if workers is None:  # a plain shuffling DataLoader: fit's per-epoch seeding alone makes it resumable
+        loader = DataLoader(RandomBoxes(6), batch_size=2, shuffle=True, collate_fn=collate)
+    else:  # the stage's loader: RandomBoxes' jitter then runs in worker processes with their own RNG
+        loader = engine.train_loader(RandomBoxes(6), engine.EpochSampler(6, seed=1), 2, workers, collate)
 
     def hook(history: list[dict]) -> None:
         if kill_after is not None and history[-1]["epoch"] == kill_after:
@@ -52,14 +55,15 @@ def _train(ckpt: Path, epochs: int = 3, kill_after: int | None = None) -> nn.Mod
     return model
 
 
-def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [None, 0, 2])
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, workers: int | None) -> None:
     torch.set_num_threads(1)
-    straight = _train(tmp_path / "a" / "last.pt")
+    straight = _train(tmp_path / "a" / "last.pt", workers=workers)
     with pytest.raises(Killed):
-        _train(tmp_path / "b" / "last.pt", kill_after=0)
+        _train(tmp_path / "b" / "last.pt", kill_after=0, workers=workers)
     state = engine.load_checkpoint(tmp_path / "b" / "last.pt")
     assert state["epoch"] == 0 and len(state["history"]) == 1
-    resumed = _train(tmp_path / "b" / "last.pt")
+    resumed = _train(tmp_path / "b" / "last.pt", workers=workers)
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
     # And training did move the weights (the comparison above is not between two untouched models).

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from sod import engine
 from sod.config import Params, to_dict
@@ -77,15 +76,8 @@ def run(
         sampler = engine.EpochSampler(
             len(dataset), tcfg.samples_per_epoch, seed=tcfg.seed, rank=dist_info.rank, world_size=dist_info.world_size
         )
-        loader = DataLoader(
-            dataset,
-            batch_size=tcfg.batch_size,
-            sampler=sampler,
-            num_workers=tcfg.num_workers,
-            collate_fn=collate_fn,
-            pin_memory=device.type == "cuda",
-            persistent_workers=tcfg.num_workers > 0,
-            drop_last=len(sampler) > tcfg.batch_size,
+        loader = engine.train_loader(
+            dataset, sampler, tcfg.batch_size, tcfg.num_workers, collate_fn, pin_memory=device.type == "cuda"
         )
         optimizer = _optimizer(model, params)
         total_steps = tcfg.epochs * max(1, len(loader))
