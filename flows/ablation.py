@@ -8,7 +8,7 @@ before (by the repo or another variant) is restored from DVC's run cache instead
 builds ``reports/ablation.csv`` and the figures and logs them to MLflow.
 
 Two variants are always added: ``baseline`` (torchvision's defaults: default anchors, no oversampling, no
-copy-paste, full-image inference only) and ``pipeline`` (params.yaml as it is).
+copy-paste, no SR front end, full-image inference only) and ``pipeline`` (params.yaml as it is).
 
 Concurrency: ``SOD_ABLATION_WORKERS`` variants at a time (default 2: one per GPU of a worker, or the CPU
 cores of a small machine). Run it: ``python -m flows.ablation``, or the ``sod-ablation`` deployment.
@@ -37,6 +37,8 @@ BASELINE: dict[str, Any] = {
     "augment.oversample": "none",
     "augment.copy_paste.times": 0,
     "evaluate.sliced.enabled": False,
+    "detector.input_upscale": "none",  # no SR front end, even when params.yaml turns one on
+    "detector.sr_finetune": False,
 }
 # The survey's levers, one at a time against params.yaml (the `pipeline` row).
 DEFAULT_GRID: dict[str, dict[str, Any]] = {
