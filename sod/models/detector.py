@@ -487,17 +487,10 @@ def build_detector(
             corrupt; ``input_upscale: sr`` without an SR model of scale ``upscale_factor``.
     """
     min_size, max_size = cfg.input_size()
-    if (
-        anchors is not None
-        and "min_size" in anchors
-        and [anchors["min_size"], anchors.get("max_size")]
-        != [
-            min_size,
-            max_size,
-        ]
-    ):
+    fitted_for = (anchors.get("min_size"), anchors.get("max_size")) if anchors else None
+    if fitted_for and fitted_for[0] is not None and fitted_for != (min_size, max_size):
         raise DataError(
-            f"anchors file was fitted for a {anchors['min_size']}/{anchors.get('max_size')} px input, but the "
+            f"anchors file was fitted for a {fitted_for[0]}/{fitted_for[1]} px input, but the "
             f"detector sees {min_size}/{max_size} px (detector.min_size/max_size × upscale_factor when "
             "input_upscale is on); rerun `sod anchors` with the current params"
         )

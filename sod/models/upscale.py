@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -141,11 +140,10 @@ def bicubic_input(model: nn.Module) -> Iterator[nn.Module]:
 
     Yields ``model`` itself; any other model is yielded unchanged.
     """
-    saved: Any = getattr(model, "upscaler", None)
-    if not isinstance(model, UpscaledDetector) or saved is None:
+    if not isinstance(model, UpscaledDetector) or model.upscaler is None:
         yield model
         return
-    model.upscaler = None
+    saved, model.upscaler = model.upscaler, None
     try:
         yield model
     finally:

@@ -65,9 +65,6 @@ def run(
     model, meta = load_detector(model_path, device)
     gt = read_json(val_json)
     result, extras = _score(model, meta, gt, val_json, params, device, progress, with_sliced=ecfg.sliced.enabled)
-    if isinstance(model, UpscaledDetector) and model.mode == "sr":
-        with bicubic_input(model):
-            result["bicubic_input"], _ = _score(model, meta, gt, val_json, params, device, progress, with_sliced=False)
     if baseline_model is not None:
         base, base_meta = load_detector(baseline_model, device)
         result["baseline"], _ = _score(base, base_meta, gt, val_json, params, device, progress, with_sliced=False)
@@ -111,6 +108,8 @@ def _score(
     passes: dict[str, SlicedPredictor] = {"full": SlicedPredictor.from_config(predict, ecfg, sliced=False)}
     if with_sliced:
         passes["sliced"] = SlicedPredictor.from_config(predict, ecfg, sliced=True)
+    if isinstance(model, UpscaledDetector) and model.mode == "sr":  # SR's control, on the same loaded images
+        passes["bicubic_input"] = SlicedPredictor.from_config(_bicubic_input_fn(model, predict), ecfg, sliced=False)
     evaluators = {
         name: CocoEvaluator(val_json, ecfg.max_dets, meta["label_to_category"], ecfg.score_thresh) for name in passes
     }
@@ -129,7 +128,7 @@ def _score(
             inputs = [{"image_id": im["id"]} for im in chunk]
             for name, predictor in passes.items():
                 t0 = time.perf_counter()
-                outputs = [_unscale(o, f) for o, f in zip(predictor(list(tensors)), factors, strict=True)]
+                outputs = [_unscale(o, *f) for o, f in zip(predictor(list(tensors)), factors, strict=True)]
                 seconds[name] += time.perf_counter() - t0
                 evaluators[name].process(inputs, outputs)
                 if name == "full":
@@ -137,17 +136,17 @@ def _score(
                         if len(preview) < ecfg.preview_images:
                             preview.append(_preview_item(im, arr, out, anns_by_image.get(im["id"], []), meta))
     result = evaluators["full"].evaluate()
-    result["images_per_s"] = round(len(images) / seconds["full"], 2) if seconds["full"] else None
-    if "sliced" in passes:
-        result["sliced"] = evaluators["sliced"].evaluate()
-        result["sliced"]["images_per_s"] = round(len(images) / seconds["sliced"], 2) if seconds["sliced"] else None
+    for name in passes:  # the full-image metrics at the top level, the other passes under their names
+        section = result if name == "full" else result.setdefault(name, evaluators[name].evaluate())
+        section["images_per_s"] = round(len(images) / seconds[name], 2) if seconds[name] else None
     return result, {**evaluators, "preview": preview}
 
 
 def _to_model_scale(
     rgb: np.ndarray, dcfg: dict[str, Any], device: torch.device, model: torch.nn.Module | None = None
-) -> tuple[torch.Tensor, float]:
-    """``(H, W, 3) uint8`` → ``float Tensor[3, h, w]`` in 0..1 at the detector's input scale, and that factor.
+) -> tuple[torch.Tensor, tuple[float, float]]:
+    """``(H, W, 3) uint8`` → ``float Tensor[3, h, w]`` in 0..1 at the detector's input scale, and the box
+    factors ``(fx, fy)`` of that resize.
 
     An upscaling front end resizes as it did in training (its :meth:`~UpscaledDetector.native`), so the SR
     network sees low-resolution images made the way it was trained on.
@@ -155,16 +154,29 @@ def _to_model_scale(
     h, w = rgb.shape[:2]
     x = torch.from_numpy(rgb).to(device).permute(2, 0, 1).float().div_(255)
     if isinstance(model, UpscaledDetector):
-        x, (fx, _) = model.native(x)
-        return x, fx
+        return model.native(x)
     fx, _ = input_scale(w, h, dcfg["min_size"], dcfg["max_size"])
     if fx != 1.0:
         x = F.interpolate(x[None], scale_factor=fx, mode="bilinear", align_corners=False, antialias=fx < 1)[0]
-    return x, fx
+    return x, (fx, fx)  # one scale factor for both axes
 
 
-def _unscale(out: Prediction, factor: float) -> Prediction:
-    return {**out, "boxes": out["boxes"] / factor} if factor != 1.0 else out
+def _unscale(out: Prediction, fx: float, fy: float) -> Prediction:
+    if fx == fy == 1.0:
+        return out
+    return {**out, "boxes": out["boxes"] / out["boxes"].new_tensor([fx, fy, fx, fy])}
+
+
+def _bicubic_input_fn(
+    model: UpscaledDetector, predict: Callable[[Sequence[torch.Tensor]], list[Prediction]]
+) -> Callable[[Sequence[torch.Tensor]], list[Prediction]]:
+    """``predict`` with bicubic instead of SR in front of ``model``: the same weights, SR's control."""
+
+    def run(images: Sequence[torch.Tensor]) -> list[Prediction]:
+        with bicubic_input(model):
+            return predict(images)
+
+    return run
 
 
 def _native_size_predict_fn(model: torch.nn.Module) -> Callable[[Sequence[torch.Tensor]], list[Prediction]]:
