@@ -52,12 +52,19 @@ class EmbeddedConfig:
     distractors_max: int = field(default=8, metadata=rng(ge=0))
     digits: list[int] = field(default_factory=lambda: list(range(10)))  # MNIST classes used
     faces: bool = True  # add a 'face' class from skimage's LFW subset
-    # Long-side size mix of the labelled objects (px at image_size): tiny 6–12, small 12–30,
+    # kinds: one class per kind of object ('digit', 'face'), told apart by shape and texture even at 8 px;
+    # digits: one class per digit identity ('digit_0'..'digit_9') plus 'face', the harder variant.
+    classes: Literal["kinds", "digits"] = "kinds"
+    # Share of scenes drawn without their small objects (only medium/large ones, or none), as in COCO where
+    # about half the images hold no small object; 0 puts small objects in every scene.
+    scenes_without_small: float = field(default=0.5, metadata=rng(ge=0, le=1))
+    # Long-side size mix of the labelled objects drawn (px at image_size): tiny 6–12, small 12–30,
     # medium 34–90, large = the rest (100–170). Tiny + small are COCO-small. Sizes are absolute
     # (capped at 0.6 × image_size): a larger image_size keeps the objects as small, with more context.
-    frac_tiny: float = field(default=0.25, metadata=rng(ge=0, le=1))
-    frac_small: float = field(default=0.45, metadata=rng(ge=0, le=1))
-    frac_medium: float = field(default=0.22, metadata=rng(ge=0, le=1))
+    # Scenes without small objects leave their small draws out, so the dataset's share is lower than drawn.
+    frac_tiny: float = field(default=0.3, metadata=rng(ge=0, le=1))
+    frac_small: float = field(default=0.5, metadata=rng(ge=0, le=1))
+    frac_medium: float = field(default=0.15, metadata=rng(ge=0, le=1))
 
 
 @dataclass

@@ -12,7 +12,14 @@ from pycocotools.coco import COCO
 from torchvision.ops import box_iou
 
 from sod.config import COCO_SMALL_AREA, EmbeddedConfig
-from sod.data.embedded import _finish, build_embedded, category_names, load_sources, render_scene
+from sod.data.embedded import (
+    _finish,
+    build_embedded,
+    category_names,
+    load_sources,
+    render_scene,
+    scene_without_small,
+)
 
 
 def _small_cfg(**overrides) -> EmbeddedConfig:
@@ -34,9 +41,37 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_category_names_follow_the_config() -> None:
-    assert category_names(EmbeddedConfig()) == [f"digit_{d}" for d in range(10)] + ["face"]
-    assert category_names(EmbeddedConfig(digits=[7, 2], faces=False)) == ["digit_2", "digit_7"]
+    assert category_names(EmbeddedConfig()) == ["digit", "face"]
+    assert category_names(EmbeddedConfig(classes="digits")) == [f"digit_{d}" for d in range(10)] + ["face"]
+    assert category_names(EmbeddedConfig(classes="digits", digits=[7, 2], faces=False)) == ["digit_2", "digit_7"]
+    assert category_names(EmbeddedConfig(digits=[7, 2], faces=False)) == ["digit"]
     assert category_names(EmbeddedConfig(digits=[], faces=True)) == ["face"]
+
+
+def test_default_dataset_is_small_object_dominated_with_half_the_scenes_free_of_small_objects() -> None:
+    """The default's design targets (README): ≥ 60 % COCO-small, ≥ 15 % under 12 px, ~half the scenes
+    without a small object, both kinds of object present."""
+    cfg = EmbeddedConfig()
+    sources = load_sources()
+    n = 80
+    flags = [scene_without_small(cfg, i) for i in range(n)]
+    scenes = [render_scene(cfg, np.random.default_rng([cfg.seed, i]), sources, f) for i, f in enumerate(flags)]
+    boxes = np.array([b for s in scenes for b in s.boxes_xywh])
+    area, long_side = boxes[:, 2] * boxes[:, 3], boxes[:, 2:].max(axis=1)
+    assert (area < COCO_SMALL_AREA).mean() >= 0.6
+    assert (long_side < 12).mean() >= 0.15
+    has_small = [any(b[2] * b[3] < COCO_SMALL_AREA for b in s.boxes_xywh) for s in scenes]
+    assert 0.35 <= 1 - np.mean(has_small) <= 0.65
+    # a scene drawn without small objects holds none; the others all hold some
+    assert all(not h for h, f in zip(has_small, flags, strict=True) if f)
+    assert all(h for h, f in zip(has_small, flags, strict=True) if not f)
+    assert set(c for s in scenes for c in s.category_ids) == {1, 2}
+
+
+def test_scenes_without_small_zero_keeps_small_objects_in_every_scene() -> None:
+    cfg = EmbeddedConfig(scenes_without_small=0.0)
+    assert not any(scene_without_small(cfg, i) for i in range(50))
+    assert all(scene_without_small(EmbeddedConfig(scenes_without_small=1.0), i) for i in range(50))
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path: Path) -> None:
@@ -58,7 +93,7 @@ def test_output_is_valid_coco_with_rgb_images(tmp_path: Path) -> None:
     assert (ann_path, images_root) == (tmp_path / "annotations.json", tmp_path / "images")
     coco = COCO(str(ann_path))
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == category_names(cfg)
-    assert coco.getCatIds() == list(range(1, 12))
+    assert coco.getCatIds() == list(range(1, len(category_names(cfg)) + 1))
     assert sorted(coco.getImgIds()) == list(range(1, 7))
     for img in coco.loadImgs(coco.getImgIds()):
         with Image.open(images_root / img["file_name"]) as im:
@@ -125,7 +160,7 @@ def test_tight_box_is_where_alpha_is_visible() -> None:
 
 @pytest.mark.parametrize(
     ("frac_tiny", "frac_small", "frac_medium"),
-    [(0.25, 0.45, 0.22), (0.1, 0.2, 0.5)],
+    [(0.3, 0.5, 0.15), (0.1, 0.2, 0.5)],
     ids=["default-mix", "medium-heavy"],
 )
 def test_size_mix_follows_the_configured_fractions(frac_tiny: float, frac_small: float, frac_medium: float) -> None:
@@ -142,7 +177,7 @@ def test_size_mix_follows_the_configured_fractions(frac_tiny: float, frac_small:
     ]
     wanted = [frac_tiny, frac_small, frac_medium, 1 - frac_tiny - frac_small - frac_medium]
     assert np.allclose(measured, wanted, atol=0.08), (measured, wanted)
-    if (frac_tiny, frac_small) == (0.25, 0.45):  # the default mix meets the dataset's targets
+    if (frac_tiny, frac_small) == (0.3, 0.5):  # the default mix, drawn in every scene, meets the targets
         assert (area < COCO_SMALL_AREA).mean() >= 0.6
         assert (long_side < 12).mean() >= 0.15
         assert ((area >= COCO_SMALL_AREA) & (area < 96**2)).any() and (area >= 96**2).any()
