@@ -108,3 +108,22 @@ def test_repeat_factor_method_repeats_the_rare_class_image_most() -> None:
     assert per_orig[30] == 2  # r = 2 exactly: always 2 copies
     assert all(per_orig[i] in (1, 2) for i in (10, 20, 40))  # r = 1.155: 1 or 2
     assert stats["repeats_added"] == len(out["images"]) - 4
+
+
+def test_oversampling_changes_the_share_of_small_object_images_the_sampler_draws() -> None:
+    """Two of four images hold a small object. Ratio 3 gives 2 × 3 + 2 = 8 entries, 6 of them with a small
+    object: whole passes of the epoch sampler draw small-object images 6/8 = 75 % of the time, against
+    2/4 = 50 % without oversampling, at the same number of samples per epoch."""
+    from sod.engine import EpochSampler
+
+    coco = _coco([[(10, 10, 1)], [(40, 40, 1)], [(8, 8, 2)], [(60, 60, 2)]])
+
+    def drawn_share(method: str) -> float:
+        out, _ = oversample(coco, method, small_area=1024, ratio=3.0, repeat_thresh=0.3, seed=0)
+        small = small_classes_per_image(out, 1024)
+        ids = [im["id"] for im in out["images"]]
+        draws = list(EpochSampler(len(ids), num_samples=48, seed=5))  # 48: whole passes over 4 and 8 entries
+        return sum(bool(small[ids[i]]) for i in draws) / len(draws)
+
+    assert drawn_share("none") == pytest.approx(2 / 4)
+    assert drawn_share("ratio") == pytest.approx(6 / 8)
