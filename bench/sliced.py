@@ -7,6 +7,7 @@ sod / SAHI (target ≥ 3×), and AP / AP_small of both from the same pycocotools
 within 0.01). ``--select small`` also times sod's mode that runs only the tiles around small full-image
 candidates. Needs the `bench` extra (``pip install -e '.[bench]'``) and a trained ``models/detector.pt``.
 ``--device`` picks CPU or CUDA (default: CUDA when available); both methods run on the same device.
+Writes ``bench/results/sliced.json``.
 
     python bench/sliced.py --images 40 [--device cuda]
 """
@@ -24,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import add_results_arg, machine_info, row, write_result  # noqa: E402
 from sod.config import load_params  # noqa: E402
 from sod.data.coco import image_path  # noqa: E402
 from sod.engine import resolve_device  # noqa: E402
@@ -109,6 +111,7 @@ def main() -> None:
                     help="sod tile selection modes to time (default: all and small)")  # fmt: skip
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="where both methods run (default: %(default)s = CUDA when available)")  # fmt: skip
+    add_results_arg(ap)
     args = ap.parse_args()
 
     cfg = load_params(ROOT / "params.yaml").evaluate
@@ -142,6 +145,30 @@ def main() -> None:
     for name, secs, m in rows:
         ips = len(images) / secs
         print(f"{name:<38}{ips:>9.2f}{ips / peer_ips:>7.2f}{m['AP'] or 0:>8.4f}{m['AP_small'] or 0:>10.4f}")
+
+    # Speed against SAHI per selection mode, then agreement of AP_small (a check, not a rate: no ratio).
+    peer_small = rows[0][2]["AP_small"]
+    results = []
+    for name, secs, _ in rows[1:]:
+        select = name.rsplit("=", 1)[1]
+        ips = len(images) / secs
+        met = ips >= 3 * peer_ips
+        results.append(row(f"images/s, select={select}", "images/s", ips, peer_ips, target="≥ 3×", met=met))
+    for name, _, m in rows[1:]:
+        select = name.rsplit("=", 1)[1]
+        ok = None if m["AP_small"] is None or peer_small is None else abs(m["AP_small"] - peer_small) <= 0.01
+        results.append(row(f"AP_small, select={select}", "AP_small", m["AP_small"], peer_small,
+                           target="within 0.01", met=ok, ratio=None))  # fmt: skip
+    write_result(
+        "sliced",
+        results,
+        sod=f"sod SlicedPredictor, batched tiles ({len(images)} val images, tile {sl.tile} px, batch {sl.batch_size})",
+        peer=f"SAHI get_sliced_prediction, same detector, tiles and merge ({sl.merge} on {sl.match})",
+        target="ratio ≥ 3×, AP_small within 0.01",
+        machine=machine_info(str(device)),
+        results_dir=args.results_dir,
+        details={"images": len(images), "model": str(args.model), "seconds": {n: round(s, 3) for n, s, _ in rows}},
+    )
 
 
 if __name__ == "__main__":

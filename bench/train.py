@@ -10,6 +10,7 @@ sod's ``engine.train_one_epoch`` adds the warm-up/cosine scheduler step, gradien
 non-finite-loss check, loss bookkeeping and the progress bar; this benchmark shows what they cost
 (target: ratio ≥ 0.95). Both run the detector ``params.yaml`` describes on the prepared embedded data
 (built into a temp dir when ``--data`` is not given), alternating so that machine noise hits both.
+Writes ``bench/results/train.json``.
 
     python bench/train.py --iters 6 --repeats 2
 """
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import add_results_arg, machine_info, row, write_result  # noqa: E402
 from sod import engine  # noqa: E402
 from sod.config import load_params  # noqa: E402
 from sod.data.dataset import CocoDetectionDataset, collate_fn, train_transforms  # noqa: E402
@@ -56,6 +58,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=6, help="training steps per timed run (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of each loop, alternated (default: %(default)s)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_results_arg(ap)
     args = ap.parse_args()
 
     params = load_params(ROOT / "params.yaml", args.overrides)
@@ -101,7 +104,24 @@ def main() -> None:
     print(f"{'loop':<28}{'images/s':>10}")
     print(f"{'plain PyTorch loop (peer)':<28}{ips['plain']:>10.2f}")
     print(f"{'sod engine.train_one_epoch':<28}{ips['sod']:>10.2f}")
-    print(f"ratio sod / peer: {ips['sod'] / ips['plain']:.3f} (target >= 0.95)")
+    ratio = ips["sod"] / ips["plain"]
+    print(f"ratio sod / peer: {ratio:.3f} (target >= 0.95)")
+    write_result(
+        "train",
+        [row("training images/s", "images/s", ips["sod"], ips["plain"], target="≥ 0.95", met=ratio >= 0.95)],
+        sod="sod engine.train_one_epoch (scheduler step, gradient clipping, non-finite check, progress)",
+        peer="plain PyTorch loop, same model, optimizer and pre-loaded batches",
+        target="ratio ≥ 0.95",
+        machine=machine_info("cpu"),
+        results_dir=args.results_dir,
+        details={
+            "model": f"{d.arch} {d.backbone} {d.neck} levels {d.levels} fpn {d.fpn_channels}, {d.min_size} px",
+            "batch_size": bs,
+            "iters": args.iters,
+            "repeats": args.repeats,
+            "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
+        },
+    )
 
 
 if __name__ == "__main__":
