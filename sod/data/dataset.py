@@ -122,7 +122,13 @@ def train_transforms(cfg: OnlineAugmentConfig) -> v2.Compose:
     if cfg.hflip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(p=cfg.hflip_prob))
     if (cfg.scale_min, cfg.scale_max) != (1.0, 1.0):
-        steps.append(v2.RandomAffine(degrees=0, scale=(cfg.scale_min, cfg.scale_max)))
+        # Bilinear, not torchvision's nearest default: nearest-neighbour resampling breaks the strokes of a
+        # 6–12 px object into aliased pixels that val images never show.
+        steps.append(
+            v2.RandomAffine(
+                degrees=0, scale=(cfg.scale_min, cfg.scale_max), interpolation=v2.InterpolationMode.BILINEAR
+            )
+        )
     if cfg.photometric > 0:
         s = cfg.photometric
         steps.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s))

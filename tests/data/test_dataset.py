@@ -65,6 +65,19 @@ def test_scale_jitter_zooms_box_about_the_centre(tiny_coco: Callable[..., Path])
     torch.testing.assert_close(target["boxes"], torch.tensor([[0.0, 0, 8, 7], [20, 5, 36, 21]]), atol=1.0, rtol=0)
 
 
+def test_scale_jitter_resamples_bilinearly() -> None:
+    """A ×2 zoom of a one-pixel-wide stripe pattern gives in-between grey values (bilinear), not only the
+    input's two values (nearest neighbour, which aliases tiny objects)."""
+    cfg = OnlineAugmentConfig(hflip_prob=0.0, scale_min=2.0, scale_max=2.0, photometric=0.0)
+    stripes = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    stripes[:, :, ::2] = 255
+    image = tv_tensors.Image(stripes)
+    boxes = tv_tensors.BoundingBoxes([[8, 8, 24, 24]], format="XYXY", canvas_size=(32, 32))
+    out, _ = train_transforms(cfg)(image, {"boxes": boxes, "labels": torch.tensor([1])})
+    values = torch.unique((out * 255).round())
+    assert ((values > 0) & (values < 255)).any(), values
+
+
 def test_eval_transforms_only_scale_the_pixels(tiny_coco: Callable[..., Path]) -> None:
     path = tiny_coco(SPECS)
     raw, raw_t = CocoDetectionDataset(path)[0]
