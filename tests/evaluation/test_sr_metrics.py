@@ -1,13 +1,29 @@
-"""PSNR/SSIM as SR papers report them: hand-made pairs, border shaving, 8-bit rounding, Y channel."""
+"""PSNR/SSIM as SR papers report them (hand-made pairs, border shaving, 8-bit rounding, Y channel), and the
+scoring of an upscaler against bicubic on whole images and small-object windows."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from sod.evaluation.sr_metrics import psnr, shave, ssim, to_8bit, y_psnr_ssim
+from sod.data.sr_patches import SRImage, make_lr
+from sod.evaluation.sr_metrics import (
+    VIEWS,
+    Window,
+    psnr,
+    score_upscaler,
+    shave,
+    small_window,
+    ssim,
+    to_8bit,
+    window_crops,
+    y_psnr_ssim,
+)
+from sod.models.sr import bicubic_resize
 
 
 def test_psnr_of_constant_offset_follows_the_formula() -> None:
@@ -67,3 +83,91 @@ def test_scores_are_on_luma() -> None:
     hr = torch.full((1, 3, 16, 16), 100 / 255)
     p, _ = y_psnr_ssim(hr + 10 / 255, hr, border=0)
     assert p.item() == pytest.approx(20 * math.log10(255 / (10 * 219 / 255)), abs=1e-3)
+
+
+def test_small_window_is_square_with_context_inside_the_shaved_image() -> None:
+    # 10 px box near the corner: the 32 px minimum window, pushed inside the 2 px border.
+    assert small_window([10, 10, 20, 20], 100, 100, 2) == (2, 2, 32)
+    # 40 px wide box: side 40 + 2·8 = 56, centred at (70, 55) → left 42, top 27; left fits exactly (42 + 56 = 98).
+    assert small_window([50, 50, 90, 60], 100, 100, 2) == (27, 42, 56)
+    # An image smaller than the window: the side shrinks to the shaved height (20 − 2·2), centred at x = 22.5
+    # → left 14.5 rounds to 14, then is pushed back to 30 − 2 − 16 = 12.
+    assert small_window([20, 5, 25, 10], 20, 30, 2) == (2, 12, 16)
+
+
+class _Bicubic(nn.Module):
+    """An "upscaler" that is bicubic itself, or, with ``oracle``, returns the HR images it was given."""
+
+    scale = 2
+
+    def __init__(self, oracle: dict[tuple[int, ...], torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.oracle = oracle
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        if self.oracle is not None:
+            return self.oracle[tuple(lr.shape)]
+        return bicubic_resize(lr, (lr.shape[-2] * 2, lr.shape[-1] * 2))
+
+
+def _images() -> list[SRImage]:
+    """A 48 px image with two small boxes and a 12 px one (too small for a window once 2 px are shaved)."""
+    g = torch.Generator().manual_seed(0)
+    big = torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8, generator=g)
+    tiny = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8, generator=g)
+    boxes = torch.tensor([[4.0, 4.0, 10.0, 10.0], [30.0, 30.0, 36.0, 40.0]])
+    return [
+        SRImage(hr=big, lr=make_lr(big, 2), small_boxes_xyxy=boxes),
+        SRImage(hr=tiny, lr=make_lr(tiny, 2), small_boxes_xyxy=torch.tensor([[2.0, 2.0, 6.0, 6.0]])),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:Skipping Gaussian Smoothing")  # the 12 px image, scored whole
+def test_an_upscaler_equal_to_bicubic_scores_as_bicubic() -> None:
+    scores, windows = score_upscaler(_Bicubic(), _images(), torch.device("cpu"))
+    # Windows (32 px minimum side) for the big image's two boxes, pushed inside the 2 px border; none for the
+    # 12 px image (12 − 2·2 = 8 px < SSIM's 11).
+    assert windows == [Window(0, 2, 2, 32), Window(0, 14, 14, 32)]
+    assert scores["small_objects"]["windows"] == 2
+    for where in (scores, scores["small_objects"]):
+        assert where["psnr_sr"] == where["psnr_bicubic"] and where["ssim_sr"] == where["ssim_bicubic"]
+        assert 0 < where["psnr_bicubic"] < 40 and where["ssim_bicubic"] < 1
+
+
+@pytest.mark.filterwarnings("ignore:Skipping Gaussian Smoothing")  # the 12 px image, scored whole
+def test_a_perfect_upscaler_scores_infinite_psnr_and_ssim_one() -> None:
+    images = _images()
+    oracle = {tuple(im.lr[None].shape): im.hr[None].float() / 255 for im in images}
+    scores, _ = score_upscaler(_Bicubic(oracle), images, torch.device("cpu"))
+    for where in (scores, scores["small_objects"]):
+        assert math.isinf(where["psnr_sr"]) and where["ssim_sr"] == pytest.approx(1.0)
+        assert math.isfinite(where["psnr_bicubic"])
+
+
+def test_scores_without_windows_are_none() -> None:
+    im = _images()[0]
+    im.small_boxes_xyxy = torch.zeros(0, 4)
+    scores, windows = score_upscaler(_Bicubic(), [im], torch.device("cpu"))
+    assert windows == [] and scores["small_objects"] == {
+        "windows": 0,
+        "psnr_bicubic": None,
+        "psnr_sr": None,
+        "ssim_bicubic": None,
+        "ssim_sr": None,
+    }
+
+
+def test_window_crops_spread_over_the_windows_and_cut_every_view() -> None:
+    images = _images()
+    windows = [Window(0, top, 0, 4) for top in range(5)]
+    crops = window_crops(_Bicubic(), images, windows, rows=3, device=torch.device("cpu"))
+    # Rows at windows 0, 2 and 4 (evenly spread); one crop per view, the HR crop cut straight from the image.
+    assert len(crops) == 3 and all(len(row) == len(VIEWS) for row in crops)
+    hr = VIEWS.index("hr")
+    for row, top in zip(crops, (0, 2, 4), strict=True):
+        assert all(c.dtype == np.uint8 and c.shape == (4, 4, 3) for c in row)
+        np.testing.assert_array_equal(row[hr], images[0].hr[:, top : top + 4, :4].permute(1, 2, 0).numpy())
+    # The LR view is the LR image zoomed with nearest neighbour: 2 × 2 blocks of one LR pixel.
+    lr_view = crops[0][VIEWS.index("lr")]
+    np.testing.assert_array_equal(lr_view[:2, :2], np.broadcast_to(images[0].lr[:, 0, 0].numpy(), (2, 2, 3)))
+    assert window_crops(_Bicubic(), images, [], rows=3, device=torch.device("cpu")) == []
