@@ -25,6 +25,12 @@ A paste is rejected (and counted by reason) when the patch does not fit between 
 (``degenerate``). Every pasted annotation carries ``sod_paste``: ``source_annotation_id``,
 ``source_image_id``, ``scale`` and ``angle`` (degrees); every augmented image carries ``sod_copy_paste_of``
 (the id of the image it was made from). Pasted annotations are box-only (``area = w * h``, no segmentation).
+
+Three parts, each testable alone: :func:`plan_pastes` decides which object goes into which image (generator
+``[seed, 0]``); :func:`paste_into_image` pastes one image's jobs (generator ``[seed, 1, image index]``: each
+paste's scale and angle, then its positions); :class:`AnnotationLedger` assigns the new image and annotation
+ids. Same input and seed → the same output, byte for byte; an image's pixels depend on the seed, its index and
+its own jobs only.
 """
 
 from __future__ import annotations
@@ -41,9 +47,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from pycocotools import mask as mask_utils
 from torchvision.transforms import InterpolationMode
-from tqdm import tqdm
 
 from sod.config import CopyPasteConfig
+from sod.progress import progress_bar
 
 REJECT_REASONS = ("overlap", "no_room", "degenerate")
 
@@ -241,6 +247,319 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# --- planning: which object goes into which image ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """A small, unoccluded object to paste.
+
+    Attributes:
+        image_index: position of the object's image in ``coco["images"]``.
+        annotation: its COCO annotation (``bbox`` is ``[x, y, w, h]`` px).
+    """
+
+    image_index: int
+    annotation: dict[str, Any]
+
+
+def annotations_by_image(coco: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """Image id → its annotations in file order (every image present, possibly with none)."""
+    grouped: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in coco["images"]}
+    for ann in coco["annotations"]:
+        grouped[ann["image_id"]].append(ann)
+    return grouped
+
+
+def find_sources(
+    images: list[dict[str, Any]], anns_by_image: dict[int, list[dict[str, Any]]], small_area: float
+) -> tuple[list[Source], int]:
+    """The objects to paste, in image order then annotation order, and the count of occluded small ones.
+
+    Args:
+        images: COCO image entries.
+        anns_by_image: image id → annotations (:func:`annotations_by_image`).
+        small_area: px²; an object is small when ``area < small_area``.
+
+    Returns:
+        ``(sources, occluded)``: every small annotation whose box overlaps no other box of its image, and
+        the number of small annotations skipped because their box does.
+    """
+    sources: list[Source] = []
+    occluded = 0
+    for idx, im in enumerate(images):
+        anns = anns_by_image[im["id"]]
+        free = unoccluded(xywh_to_xyxy([a["bbox"] for a in anns])) if anns else np.zeros(0, dtype=bool)
+        for ann, ok in zip(anns, free, strict=True):
+            if ann["area"] < small_area:
+                if ok:
+                    sources.append(Source(idx, ann))
+                else:
+                    occluded += 1
+    return sources, occluded
+
+
+def plan_pastes(sources: list[Source], num_images: int, times: int, source: str, seed: int) -> dict[int, list[Source]]:
+    """Which objects are pasted into which image, in the order they will be pasted.
+
+    ``source: same`` sends each object ``times`` times to its own image; ``any`` draws ``times`` target
+    indices per object, uniform in ``[0, num_images)``, from the generator ``[seed, 0]``, one draw of
+    ``times`` per object in ``sources`` order. The plan depends on the seed and the sources alone, never
+    on what a paste later does.
+
+    Args:
+        sources: the objects (:func:`find_sources`).
+        num_images: images that can receive a paste (``source: any``).
+        times: pastes per object.
+        source: ``"same"`` or ``"any"``.
+        seed: ``augment.copy_paste.seed``.
+
+    Returns:
+        Target image index → its jobs, in source order then paste order; keys ascending, targets without
+        a job absent.
+    """
+    jobs: dict[int, list[Source]] = {}
+    assign = np.random.default_rng([seed, 0])
+    for src in sources:
+        targets = [src.image_index] * times if source == "same" else assign.integers(0, num_images, times)
+        for t in targets:
+            jobs.setdefault(int(t), []).append(src)
+    return {t: jobs[t] for t in sorted(jobs)}
+
+
+# --- pasting: one image at a time -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A paste that landed.
+
+    Attributes:
+        source: the pasted object.
+        scale: size factor drawn for it (1 = unchanged).
+        angle: rotation drawn for it, degrees counter-clockwise.
+        box_xywh: ``(x, y, w, h)`` integer px of the pasted box in the target image.
+    """
+
+    source: Source
+    scale: float
+    angle: float
+    box_xywh: tuple[int, int, int, int]
+
+
+def image_rng(seed: int, image_index: int) -> np.random.Generator:
+    """The generator of the pastes into image ``image_index``: ``[seed, 1, image_index]``.
+
+    One generator per target image, so an image's pastes depend on the seed, its index and its own jobs
+    only, whatever happens in other images.
+    """
+    return np.random.default_rng([seed, 1, image_index])
+
+
+def draw_transform(rng: np.random.Generator, scale_jitter: float, rotation: float) -> tuple[float, float]:
+    """``(scale, angle)``: ``1 + U(-scale_jitter, scale_jitter)`` and ``U(-rotation, rotation)`` degrees.
+
+    Both are always drawn (also when the range is 0), so the generator advances the same way whatever the
+    config.
+    """
+    scale = 1 + float(rng.uniform(-scale_jitter, scale_jitter))
+    angle = float(rng.uniform(-rotation, rotation))
+    return scale, angle
+
+
+def cut_patches(image_rgb: np.ndarray, anns: list[dict[str, Any]]) -> dict[int, Patch]:
+    """Annotation id → :func:`extract_patch` of it, from ``image_rgb (H, W, 3) uint8``."""
+    return {ann["id"]: extract_patch(image_rgb, ann) for ann in anns}
+
+
+def cut_source_patches(
+    images: list[dict[str, Any]], sources: list[Source], load_image: Callable[[dict[str, Any]], np.ndarray]
+) -> dict[int, Patch]:
+    """Annotation id → patch for every source, loading each source image once, in image order."""
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for src in sources:
+        by_image.setdefault(src.image_index, []).append(src.annotation)
+    patches: dict[int, Patch] = {}
+    for idx in sorted(by_image):
+        patches.update(cut_patches(load_image(images[idx]), by_image[idx]))
+    return patches
+
+
+def paste_patch(
+    canvas: np.ndarray,
+    boxes_xyxy: np.ndarray,
+    patch: Patch,
+    scale: float,
+    angle: float,
+    cfg: CopyPasteConfig,
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int] | str:
+    """Transform ``patch``, find it a free place and composite it into ``canvas`` (module docstring, 2–6).
+
+    Args:
+        canvas: ``(H, W, 3) uint8``, modified in place when the paste lands.
+        boxes_xyxy: ``(N, 4)`` boxes the paste must not overlap.
+        patch: the object.
+        scale: size factor.
+        angle: degrees, counter-clockwise.
+        cfg: ``augment.copy_paste`` (``blend``, ``margin``, ``max_tries``).
+        rng: the image's generator (:func:`image_rng`); positions are drawn from it.
+
+    Returns:
+        The pasted box ``(x, y, w, h)`` integer px, or the reason it was rejected (``REJECT_REASONS``).
+    """
+    alpha = make_alpha(patch.mask, cfg.blend)
+    done = transform_patch(patch.rgb, alpha, patch.mask, scale, angle, hard=cfg.blend == "none")
+    if done is None:
+        return "degenerate"
+    rgb, alpha = done
+    bh, bw = alpha.shape
+    height, width = canvas.shape[:2]
+    pos = find_position((bw, bh), (width, height), boxes_xyxy, cfg.margin, cfg.max_tries, rng)
+    if isinstance(pos, str):
+        return pos
+    x, y = pos
+    composite(canvas, rgb, alpha, x, y)
+    return x, y, bw, bh
+
+
+def paste_into_image(
+    canvas: np.ndarray,
+    boxes_xyxy: np.ndarray,
+    jobs: list[Source],
+    patches: dict[int, Patch],
+    cfg: CopyPasteConfig,
+    rng: np.random.Generator,
+) -> tuple[list[Placement], list[str]]:
+    """Paste ``jobs`` into one image, in order; each placed box joins the boxes later pastes must avoid.
+
+    Each job draws its scale and angle (:func:`draw_transform`) and then its positions
+    (:func:`find_position`) from ``rng``. They cannot be drawn ahead in the planner: how many position draws
+    a job makes (none when the patch vanishes or does not fit) and their range depend on the transformed
+    patch's size, so one stream interleaves them.
+
+    Args:
+        canvas: ``(H, W, 3) uint8`` pixels of the target image; modified in place.
+        boxes_xyxy: ``(N, 4)`` the image's own boxes.
+        jobs: the image's jobs (:func:`plan_pastes`).
+        patches: annotation id → patch, for every job.
+        cfg: ``augment.copy_paste``.
+        rng: the image's generator (:func:`image_rng`).
+
+    Returns:
+        ``(placed, rejected)``: the pastes that landed, in job order, and the reason of each that did not.
+    """
+    placed: list[Placement] = []
+    rejected: list[str] = []
+    boxes_xyxy = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    with torch_threads(1):
+        for src in jobs:
+            scale, angle = draw_transform(rng, cfg.scale_jitter, cfg.rotation)
+            box = paste_patch(canvas, boxes_xyxy, patches[src.annotation["id"]], scale, angle, cfg, rng)
+            if isinstance(box, str):
+                rejected.append(box)
+                continue
+            x, y, w, h = box
+            boxes_xyxy = np.concatenate([boxes_xyxy, [[x, y, x + w, y + h]]])
+            placed.append(Placement(src, scale, angle, box))
+    return placed, rejected
+
+
+# --- bookkeeping: ids, boxes, areas -----------------------------------------------------------------------
+
+
+def pasted_annotation(placement: Placement, source_image_id: int) -> dict[str, Any]:
+    """The COCO annotation of a paste, without ``id`` and ``image_id``: box-only, ``area = w * h``.
+
+    ``bbox`` is ``[x, y, w, h]`` px (floats); ``sod_paste`` records the source and the transform (rounded
+    to 6 decimals).
+    """
+    x, y, w, h = placement.box_xywh
+    src = placement.source.annotation
+    return {
+        "category_id": src["category_id"],
+        "bbox": [float(x), float(y), float(w), float(h)],
+        "area": float(w * h),
+        "iscrowd": 0,
+        "sod_paste": {
+            "source_annotation_id": src["id"],
+            "source_image_id": source_image_id,
+            "scale": round(placement.scale, 6),
+            "angle": round(placement.angle, 6),
+        },
+    }
+
+
+@dataclass
+class AnnotationLedger:
+    """New ids and the images and annotations to append, in the order images are augmented.
+
+    Attributes:
+        next_image_id: the id the next added image gets.
+        next_annotation_id: the id the next added annotation gets.
+        images: image entries to append (``mode: add``).
+        annotations: annotations to append.
+    """
+
+    next_image_id: int
+    next_annotation_id: int
+    images: list[dict[str, Any]] = field(default_factory=list)
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def after(cls, coco: dict[str, Any]) -> AnnotationLedger:
+        """A ledger whose ids start after the largest image and annotation ids of ``coco`` (≥ 1 image)."""
+        return cls(
+            next_image_id=max(im["id"] for im in coco["images"]) + 1,
+            next_annotation_id=max((a["id"] for a in coco["annotations"]), default=0) + 1,
+        )
+
+    def _add_annotation(self, fields: dict[str, Any], image_id: int) -> None:
+        """Append ``fields`` under a new id; the keys ``id`` and ``image_id`` take the first places."""
+        self.annotations.append({"id": self.next_annotation_id, "image_id": image_id, **fields})
+        self.next_annotation_id += 1
+
+    def record(
+        self,
+        target: dict[str, Any],
+        original_anns: list[dict[str, Any]],
+        pasted_anns: list[dict[str, Any]],
+        mode: str,
+        replaced_entry: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Book one augmented image; returns its entry (``file_name`` still to set).
+
+        Args:
+            target: the input image entry the augmented image was made from.
+            original_anns: ``target``'s annotations.
+            pasted_anns: :func:`pasted_annotation` of each paste, in order.
+            mode: ``"add"``: a new entry (next image id, same size) with copies of ``original_anns`` under
+                new ids, then the pastes; ``"replace"``: ``replaced_entry`` (the output's entry for
+                ``target``) keeps its id and annotations and gains the pastes.
+            replaced_entry: see ``mode``; unused for ``"add"``.
+
+        Returns:
+            The entry, with ``sod_copy_paste_of = target["id"]``.
+        """
+        if mode == "add":
+            entry = {"id": self.next_image_id, "file_name": "", "width": target["width"], "height": target["height"]}
+            self.next_image_id += 1
+            self.images.append(entry)
+            for ann in original_anns:
+                # The copy keeps the original's key order; only its id and image id change.
+                self.annotations.append({**copy.deepcopy(ann), "id": self.next_annotation_id, "image_id": entry["id"]})
+                self.next_annotation_id += 1
+        else:
+            entry = replaced_entry
+        entry["sod_copy_paste_of"] = target["id"]
+        for fields in pasted_anns:
+            self._add_annotation(fields, entry["id"])
+        return entry
+
+
+# --- the whole pass ---------------------------------------------------------------------------------------
+
+
 def copy_paste(
     coco: dict[str, Any],
     load_image: Callable[[dict[str, Any]], np.ndarray],
@@ -251,6 +570,9 @@ def copy_paste(
 ) -> tuple[dict[str, Any], CopyPasteStats]:
     """Paste every unoccluded small object ``cfg.times`` times (module docstring).
 
+    Plan (:func:`plan_pastes`), paste image by image (:func:`paste_into_image`), book ids
+    (:class:`AnnotationLedger`). The same input and seed give the same output, byte for byte.
+
     Args:
         coco: a COCO dict; not modified. Boxes ``bbox`` are ``[x, y, w, h]`` px.
         load_image: image entry → ``(H, W, 3) uint8`` pixels.
@@ -258,7 +580,7 @@ def copy_paste(
             per augmented image, in order.
         cfg: ``augment.copy_paste``.
         small_area: px²; an object is small when ``area < small_area``.
-        progress: show a tqdm bar.
+        progress: show progress (see :mod:`sod.progress`).
 
     Returns:
         ``(coco_out, stats)``. ``mode: add``: the input images and annotations unchanged and in order, then
@@ -270,104 +592,34 @@ def copy_paste(
     out = copy.deepcopy(coco)
     stats = CopyPasteStats()
     images = coco["images"]
-    anns_by_image: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in images}
-    for ann in coco["annotations"]:
-        anns_by_image[ann["image_id"]].append(ann)
-
-    sources: list[tuple[int, dict[str, Any]]] = []  # (index of the source's image, annotation)
-    for idx, im in enumerate(images):
-        anns = anns_by_image[im["id"]]
-        free = unoccluded(xywh_to_xyxy([a["bbox"] for a in anns])) if anns else np.zeros(0, dtype=bool)
-        for ann, ok in zip(anns, free, strict=True):
-            if ann["area"] < small_area:
-                if ok:
-                    sources.append((idx, ann))
-                else:
-                    stats.sources_occluded += 1
+    anns_by_image = annotations_by_image(coco)
+    sources, stats.sources_occluded = find_sources(images, anns_by_image, small_area)
     stats.sources = len(sources)
     if cfg.times == 0 or not sources:
         return out, stats
 
-    # Jobs per target image, in source order then paste order: the plan depends on the seed alone.
-    jobs: dict[int, list[tuple[int, dict[str, Any]]]] = {}
-    assign = np.random.default_rng([cfg.seed, 0])
-    for src_idx, ann in sources:
-        targets = [src_idx] * cfg.times if cfg.source == "same" else assign.integers(0, len(images), cfg.times)
-        for t in targets:
-            jobs.setdefault(int(t), []).append((src_idx, ann))
-
-    patches: dict[int, Patch] = {}
-    if cfg.source == "any":
-        for src_idx in sorted({i for i, _ in sources}):
-            pixels = load_image(images[src_idx])
-            for i, ann in sources:
-                if i == src_idx:
-                    patches[ann["id"]] = extract_patch(pixels, ann)
-
-    next_image_id = max(im["id"] for im in images) + 1
-    next_ann_id = max((a["id"] for a in coco["annotations"]), default=0) + 1
-    added_images: list[dict[str, Any]] = []
-    added_anns: list[dict[str, Any]] = []
-    for t_idx in tqdm(sorted(jobs), desc="copy-paste", unit="img", disable=not progress):
+    plan = plan_pastes(sources, len(images), cfg.times, cfg.source, cfg.seed)
+    # source: any cuts every patch up front, from unaltered images; source: same cuts from each target
+    # just before pasting into it, so one image is in memory at a time.
+    patches = cut_source_patches(images, sources, load_image) if cfg.source == "any" else {}
+    ledger = AnnotationLedger.after(coco)
+    for t_idx, jobs in progress_bar(plan.items(), desc="copy-paste", unit="img", enabled=progress):
         target = images[t_idx]
+        own_anns = anns_by_image[target["id"]]
         canvas = load_image(target).copy()
-        if cfg.source == "same":  # cut before anything is pasted over the image
-            patches = {ann["id"]: extract_patch(canvas, ann) for _, ann in jobs[t_idx]}
-        rng = np.random.default_rng([cfg.seed, 1, t_idx])
-        boxes = xywh_to_xyxy([a["bbox"] for a in anns_by_image[target["id"]]])
-        pasted: list[dict[str, Any]] = []
-        for src_idx, ann in jobs[t_idx]:
-            scale = 1 + float(rng.uniform(-cfg.scale_jitter, cfg.scale_jitter))
-            angle = float(rng.uniform(-cfg.rotation, cfg.rotation))
-            patch = patches[ann["id"]]
-            with torch_threads(1):
-                alpha = make_alpha(patch.mask, cfg.blend)
-                done = transform_patch(patch.rgb, alpha, patch.mask, scale, angle, hard=cfg.blend == "none")
-            if done is None:
-                stats.pastes_rejected["degenerate"] += 1
-                continue
-            rgb, alpha = done
-            bh, bw = alpha.shape
-            pos = find_position((bw, bh), (target["width"], target["height"]), boxes, cfg.margin, cfg.max_tries, rng)
-            if isinstance(pos, str):
-                stats.pastes_rejected[pos] += 1
-                continue
-            x, y = pos
-            composite(canvas, rgb, alpha, x, y)
-            boxes = np.concatenate([boxes, [[x, y, x + bw, y + bh]]])
-            pasted.append(
-                {
-                    "category_id": ann["category_id"],
-                    "bbox": [float(x), float(y), float(bw), float(bh)],
-                    "area": float(bw * bh),
-                    "iscrowd": 0,
-                    "sod_paste": {
-                        "source_annotation_id": ann["id"],
-                        "source_image_id": images[src_idx]["id"],
-                        "scale": round(scale, 6),
-                        "angle": round(angle, 6),
-                    },
-                }
-            )
-        if not pasted:
+        if cfg.source == "same":
+            patches = cut_patches(canvas, [src.annotation for src in jobs])
+        boxes_xyxy = xywh_to_xyxy([a["bbox"] for a in own_anns])
+        placed, rejected = paste_into_image(canvas, boxes_xyxy, jobs, patches, cfg, image_rng(cfg.seed, t_idx))
+        for reason in rejected:
+            stats.pastes_rejected[reason] += 1
+        if not placed:
             continue
-        stats.pastes_placed += len(pasted)
+        stats.pastes_placed += len(placed)
         stats.images_augmented += 1
-        if cfg.mode == "add":
-            entry = {"id": next_image_id, "file_name": "", "width": target["width"], "height": target["height"]}
-            next_image_id += 1
-            for ann in anns_by_image[target["id"]]:
-                added_anns.append({**copy.deepcopy(ann), "id": next_ann_id, "image_id": entry["id"]})
-                next_ann_id += 1
-        else:
-            entry = out["images"][t_idx]
-        entry["sod_copy_paste_of"] = target["id"]
-        for p in pasted:
-            added_anns.append({"id": next_ann_id, "image_id": entry["id"], **p})
-            next_ann_id += 1
+        pasted = [pasted_annotation(p, images[p.source.image_index]["id"]) for p in placed]
+        entry = ledger.record(target, own_anns, pasted, cfg.mode, out["images"][t_idx])
         entry["file_name"] = write_image(entry, canvas)
-        if cfg.mode == "add":
-            added_images.append(entry)
-    out["images"].extend(added_images)
-    out["annotations"].extend(added_anns)
+    out["images"].extend(ledger.images)
+    out["annotations"].extend(ledger.annotations)
     return out, stats
