@@ -252,11 +252,17 @@ def log_pending(stage: str) -> str:
     Raises:
         SodError: no marker for the stage, a report it names is gone, or logging fails again.
     """
+    # A stage name, not a path: the marker removed below must be one that log_stage wrote in PENDING_DIR.
     marker = PENDING_DIR / f"{stage}.json"
-    if not marker.is_file():
+    if not stage.replace("_", "").isalnum() or not marker.is_file():
         waiting = sorted(p.stem for p in PENDING_DIR.glob("*.json"))
         raise SodError(f"no pending MLflow run for stage {stage!r} ({marker}); pending: {', '.join(waiting) or 'none'}")
-    run = StageRun(**json.loads(marker.read_text()))
+    try:
+        run = StageRun(**json.loads(marker.read_text()))
+    except (ValueError, TypeError):  # not a record log_stage wrote: leave the file alone
+        raise SodError(f"{marker} is not a pending sod run; it was left as it is") from None
+    if run.stage != stage:
+        raise SodError(f"{marker} holds a run of stage {run.stage!r}, not {stage!r}; it was left as it is")
     if not Path(run.report).is_file():
         raise SodError(f"{marker}: the stage's report {run.report} is gone; rerun the stage instead")
     try:

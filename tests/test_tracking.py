@@ -133,3 +133,21 @@ def test_server_down_keeps_the_result_and_log_run_logs_it_later(
     (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id], "tags.`dvc.stage` = 'report'")
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"ablation.csv", "plots"}
     assert main(["log-run", "report"]) == 2  # nothing pending any more: a one-line error
+
+
+def test_log_run_deletes_only_a_pending_record_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    tracking.PENDING_DIR.mkdir()
+    foreign = tracking.PENDING_DIR / "report.json"
+    foreign.write_text('{"my": "notes"}')  # not a StageRun
+    other = tracking.PENDING_DIR / "evaluate.json"
+    other.write_text(json.dumps({"stage": "train_sr", "report": "r.json"}))  # another stage's record
+    (tmp_path / "notes.json").write_text(json.dumps({"stage": "../notes", "report": "r.json"}))
+    for stage, expected in (("report", "not a pending sod run"), ("evaluate", "'train_sr', not 'evaluate'"),
+                            ("../notes", "no pending MLflow run")):  # fmt: skip
+        assert main(["log-run", stage]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+    assert foreign.read_text() == '{"my": "notes"}' and other.exists() and (tmp_path / "notes.json").exists()

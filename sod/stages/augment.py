@@ -8,7 +8,8 @@ Outputs (paths from the command line):
   * ``out_dir/train.json``: COCO; ``file_name`` relative to ``out_dir``. Original images are referenced
     where they lie (e.g. ``../prepared/images/train/000001.png``), repeats reference the same file as the
     image they repeat (``sod_repeat_of``), pasted images (``sod_copy_paste_of``) are new files
-    ``out_dir/images/<id>.png``; pasted annotations carry ``sod_paste``.
+    ``out_dir/images/<id>.png``; pasted annotations carry ``sod_paste``. ``out_dir/.sod-owner`` marks the
+    directory as this stage's, so a rerun may replace it.
   * ``report``: ``images_before``, ``images_after``, ``small_instances_before``, ``small_instances_after``,
     ``instances_before``, ``instances_after``, the copy-paste counts (``pastes_placed``,
     ``pastes_rejected`` by reason, ...) and the oversampling counts.
@@ -32,11 +33,10 @@ from sod.data.coco import image_path, load_coco_json
 from sod.data.copy_paste import copy_paste
 from sod.data.oversample import oversample
 from sod.errors import ConfigError, DataError
-from sod.io import load_rgb, replace_dir, save_png, write_json
+from sod.io import check_owner, load_rgb, replace_dir, save_png, write_json
 
 log = logging.getLogger(__name__)
 
-_OUT_NAMES = {"train.json", "images"}
 _PREVIEW_TILE = 256  # px, long side of each preview image
 _GREEN, _RED = (0, 220, 0), (255, 40, 40)
 
@@ -48,7 +48,8 @@ def run(
 
     Raises:
         ConfigError: ``augment.copy_paste.margin`` leaves no room in some image.
-        DataError: unreadable ``train_json``, or ``out_dir`` holds files this stage did not write.
+        DataError: unreadable ``train_json``, or ``out_dir`` is neither new, empty nor a previous ``augment``
+            output (its ``.sod-owner`` marker; see :func:`sod.io.replace_dir`).
     """
     cfg = params.augment
     cp = cfg.copy_paste
@@ -66,6 +67,7 @@ def run(
 
     if out_dir.resolve() == train_json.parent.resolve():
         raise DataError(f"--out {out_dir} is the directory of --train {train_json}: choose another one")
+    check_owner(out_dir, "augment", replace=True)  # before the work; replace_dir checks again
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -95,7 +97,7 @@ def run(
             if "sod_copy_paste_of" not in im:
                 im["file_name"] = (rel_root / im["file_name"]).as_posix()
         write_json(staging / "train.json", result)
-        replace_dir(staging, out_dir, _OUT_NAMES, "augment")
+        replace_dir(staging, out_dir, "augment")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

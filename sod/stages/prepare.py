@@ -3,6 +3,7 @@
 Outputs (paths from the command line):
   * ``out_dir/train.json``, ``out_dir/val.json``: COCO, ``file_name`` relative to ``out_dir``;
   * ``out_dir/images/{train,val}/...``: 8-bit RGB images;
+  * ``out_dir/.sod-owner``: the marker that lets a rerun replace ``out_dir`` (see :func:`sod.io.replace_dir`);
   * ``report``: per split ``images``, ``instances``, ``frac_small/medium/large``, ``per_class``, and
     under ``cleaning`` every validation count (see :mod:`sod.data.coco`);
   * ``sizes_csv`` / ``sizes_png``: histogram of object sizes (sqrt of area) per split.
@@ -23,13 +24,12 @@ import pandas as pd
 from sod.config import COCO_MEDIUM_AREA, COCO_SMALL_AREA, Params
 from sod.data import coco
 from sod.errors import DataError
-from sod.io import replace_dir, save_figure, write_csv, write_json
+from sod.io import check_owner, replace_dir, save_figure, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
 # Histogram bin edges for sqrt(area) in px: fine where small objects live, COCO's 32/96 px are edges.
 SIZE_BINS = [0, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512, 1024, np.inf]
-_OUT_NAMES = {"train.json", "val.json", "images"}
 
 
 def run(
@@ -40,8 +40,13 @@ def run(
     sizes_png: Path,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the stage; returns the report dict (also written to ``report``)."""
+    """Run the stage; returns the report dict (also written to ``report``).
+
+    Raises:
+        DataError: unusable input data, or ``out_dir`` is neither new, empty nor a previous ``prepare`` output.
+    """
     pcfg = params.prepare
+    check_owner(out_dir, "prepare", replace=True)  # before minutes of work; replace_dir checks again
     with tempfile.TemporaryDirectory(prefix="sod-prepare-") as tmp:
         if params.data.source == "embedded":
             from sod.data.embedded import build_embedded
@@ -84,7 +89,7 @@ def run(
             cocos = {split: coco.write_split(datasets[0], images, staging, split) for split, images in splits.items()}
             for split, d in cocos.items():
                 write_json(staging / f"{split}.json", d)
-            replace_dir(staging, out_dir, _OUT_NAMES, "prepare")
+            replace_dir(staging, out_dir, "prepare")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -17,7 +17,8 @@ Outputs:
   input (``detector.input_upscale``; ``sr+finetune`` when the detection loss trained the SR network too); and
   ``full_vs_sliced.png``
   (every variant, full-image against sliced inference). A figure whose lever has fewer than two values
-  is not drawn.
+  is not drawn. ``plots_dir/.sod-owner`` lists the figures; a rerun deletes the ones it lists and no longer
+  draws, and refuses a non-empty ``plots_dir`` without that marker (a user's file is never deleted).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import pandas as pd  # noqa: E402
 
 from sod.config import Params  # noqa: E402
 from sod.errors import DataError  # noqa: E402
-from sod.io import read_json, save_figure, write_csv  # noqa: E402
+from sod.io import claim_dir, finish_dir, read_json, save_figure, write_csv  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +172,16 @@ def run(params: Params, runs_dir: Path, table: Path, plots_dir: Path) -> dict[st
     """Write the ablation table and figures (see the module docstring); returns row and figure counts.
 
     ``params`` is unused (every value comes from the variant files); it keeps the stages' signature.
+
+    Raises:
+        DataError: a file of ``runs_dir`` that is not a variant result, or ``plots_dir`` is not empty and
+            not marked as this stage's (``.sod-owner``); then nothing is written.
     """
     del params
     runs = load_runs(runs_dir)
     df = build_table(runs)
+    claim_dir(plots_dir, "report")  # a user's directory is refused before anything is written
     write_csv(table, df)
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    for old in plots_dir.glob("*.png"):  # figures of levers no longer in the grid
-        old.unlink()
     figures = []
     for sweep in SWEEPS:
         points = sweep_points(runs, sweep)
@@ -188,6 +191,8 @@ def run(params: Params, runs_dir: Path, table: Path, plots_dir: Path) -> dict[st
     if len(df):
         _plot_full_vs_sliced(df, plots_dir / "full_vs_sliced.png")
         figures.append("full_vs_sliced.png")
+    # Figures of levers no longer in the grid: only those the previous run's marker lists go.
+    finish_dir(plots_dir, "report", figures)
     missing = [r for r in REFERENCES if r not in set(df["variant"])]
     if missing:
         log.warning("ablation table without the %s row(s): run flows/ablation.py", ", ".join(missing))

@@ -14,7 +14,7 @@ from sod.cli import main
 from sod.config import load_params
 from sod.data.dataset import CocoDetectionDataset
 from sod.errors import ConfigError, DataError
-from sod.io import read_json
+from sod.io import read_json, read_owner, write_owner_marker
 from sod.stages import augment
 
 SPECS = [
@@ -137,3 +137,40 @@ def test_cli_exit_code_and_foreign_out_dir(tiny_coco: Callable[..., Path], tmp_p
     argv += ["--report", str(tmp_path / "r.json"), "--preview", str(tmp_path / "p.png")]
     assert main(argv) == 2  # missing params file: a one-line error, not a traceback
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_a_users_coco_folder_as_out_is_refused_and_kept(
+    tiny_coco: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The reported data loss: an --out holding exactly images/ and train.json was deleted, images and all.
+    train = tiny_coco(SPECS)
+    user = tmp_path / "mycoco"
+    (user / "images").mkdir(parents=True)
+    (user / "images" / "0001.jpg").write_bytes(b"my photo")
+    (user / "train.json").write_text('{"images": [], "annotations": [], "categories": []}')
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    argv = ["augment", "--params", str(params), "-q", "--train", str(train), "--out", str(user)]
+    argv += ["--report", str(tmp_path / "r.json"), "--preview", str(tmp_path / "p.png")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(user) in err and "Traceback" not in err
+    assert (user / "images" / "0001.jpg").read_bytes() == b"my photo"
+    assert sorted(p.name for p in user.iterdir()) == ["images", "train.json"]
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "p.png").exists()  # refused before any work
+
+
+def test_rerun_replaces_its_own_output_but_not_prepares(tiny_coco: Callable[..., Path], tmp_path: Path) -> None:
+    train = tiny_coco(SPECS)
+    out = tmp_path / "augmented"
+    _run(train, out)
+    assert read_owner(out) == "augment" and (out / "images").is_dir()
+    _run(train, out, "augment.copy_paste.times=0")  # over its own output: replaced, pasted images gone
+    assert read_owner(out) == "augment" and not (out / "images").exists()
+    assert read_json(out / ".sod-owner")["files"] == ["train.json"]
+    prepared = tmp_path / "prep_out"
+    prepared.mkdir()
+    (prepared / "val.json").write_text("{}")
+    write_owner_marker(prepared, "prepare", ["val.json"])
+    with pytest.raises(DataError, match="belongs to sod stage 'prepare'"):
+        _run(train, prepared)
+    assert (prepared / "val.json").read_text() == "{}"

@@ -8,9 +8,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from sod.cli import main
 from sod.config import Params
 from sod.errors import DataError
-from sod.io import write_json
+from sod.io import OWNER_MARKER, read_json, write_json, write_owner_marker
 from sod.stages import report
 
 PIPELINE = {"augment.oversample": "ratio", "augment.oversample_ratio": 2.0, "detector.focal.gamma": 2.0, "x": 1}
@@ -59,11 +60,30 @@ def test_sweep_keeps_variants_that_change_only_that_lever(runs: Path) -> None:
 def test_run_writes_table_and_figures_of_levers_with_two_values(runs: Path, tmp_path: Path) -> None:
     plots = tmp_path / "plots"
     plots.mkdir()
-    (plots / "ap_vs_anchors.png").write_bytes(b"stale")
+    (plots / "ap_vs_anchors.png").write_bytes(b"stale")  # a figure of a previous run's grid ...
+    write_owner_marker(plots, "report", ["ap_vs_anchors.png"])  # ... which its marker lists
+    (plots / "my_figure.png").write_bytes(b"the user's")  # put there by hand since
     out = report.run(Params(), runs, tmp_path / "ablation.csv", plots)
     assert out == {"variants": 5, "figures": ["ap_vs_oversampling.png", "ap_vs_focal_gamma.png", "full_vs_sliced.png"]}
-    assert sorted(p.name for p in plots.iterdir()) == sorted(out["figures"])
+    assert sorted(p.name for p in plots.iterdir()) == sorted([*out["figures"], OWNER_MARKER, "my_figure.png"])
+    assert (plots / "my_figure.png").read_bytes() == b"the user's"
+    assert read_json(plots / OWNER_MARKER) == {"stage": "report", "files": sorted(out["figures"])}
     assert len(pd.read_csv(tmp_path / "ablation.csv")) == 5
+
+
+def test_a_users_plots_dir_is_refused_and_kept(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plots = tmp_path / "reports" / "plots" / "ablation"
+    plots.mkdir(parents=True)
+    (plots / "ap_vs_anchors.png").write_bytes(b"the user's")  # a sod-like name, but no marker: not sod's
+    argv = ["report", "--params", str(tmp_path / "p.yaml"), "-q", "--runs", str(runs)]
+    argv += ["--table", str(tmp_path / "ablation.csv"), "--plots-dir", str(plots)]
+    (tmp_path / "p.yaml").write_text("{}\n")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(plots) in err and "ap_vs_anchors.png" in err
+    assert [p.name for p in plots.iterdir()] == ["ap_vs_anchors.png"]
+    assert (plots / "ap_vs_anchors.png").read_bytes() == b"the user's"
+    assert not (tmp_path / "ablation.csv").exists()  # refused before anything was written
 
 
 def test_a_foreign_file_is_named(tmp_path: Path) -> None:
