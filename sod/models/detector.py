@@ -11,6 +11,8 @@ What differs from torchvision's defaults, and why:
 * anchors are the ones the anchors stage fitted (``models/anchors.json``), one list of (w, h) per
   level; without that file, torchvision's RetinaNet rule (3 scales × 3 ratios from 4 × stride);
 * the focal loss's γ and α come from params, through a classification-head subclass;
+* ``detector.head_norm: group`` puts GroupNorm after every head conv, as torchvision's
+  ``retinanet_resnet50_fpn_v2`` does (RetinaNet only; the default ``none`` is torchvision's v1 head);
 * inputs are resized to ``min_size``/``max_size`` from params, not torchvision's 800/1333;
 * the backbone and FPN run in channels-last memory layout (much faster on CPU), the heads in the default one.
 * with ``detector.input_upscale`` bicubic or sr, every input is upscaled first (:mod:`sod.models.upscale`):
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -320,6 +322,29 @@ def anchor_generator_from_file(anchors: dict[str, Any], levels: Sequence[int]) -
 
 
 # ------------------------------------------------------------------------------------------- heads
+# GroupNorm groups of torchvision's RetinaNet v2 head (``retinanet_resnet50_fpn_v2``: 256 channels, 32 groups).
+HEAD_NORM_GROUPS = 32
+
+
+def head_norm_layer(head_norm: Literal["none", "group"], channels: int) -> Callable[[int], nn.Module] | None:
+    """The ``norm_layer`` of torchvision's RetinaNet sub-heads for ``detector.head_norm``.
+
+    Args:
+        head_norm: ``none`` (no normalisation: torchvision's v1 head, convs with bias) or ``group``.
+        channels: the head's width (``detector.fpn_channels``).
+
+    Returns:
+        None, or ``partial(nn.GroupNorm, g)`` with ``g = gcd(32, channels)``: torchvision's 32 groups
+        whenever 32 divides the width (32, 64, 128, 256, ...); GroupNorm needs ``g`` to divide it, so
+        other widths get the largest group count ≤ 32 that does (48 → 16, 40 → 8).
+    """
+    if head_norm == "none":
+        return None
+    if head_norm != "group":
+        raise ValueError(f"unknown head_norm {head_norm!r}; want none or group")
+    return partial(nn.GroupNorm, math.gcd(HEAD_NORM_GROUPS, channels))
+
+
 class FocalClassificationHead(RetinaNetClassificationHead):
     """RetinaNet's classification head with the focal loss's γ and α as arguments (torchvision fixes 2, 0.25).
 
@@ -370,16 +395,29 @@ class FocalClassificationHead(RetinaNetClassificationHead):
 
 
 class FocalRetinaNetHead(RetinaNetHead):
-    """torchvision's RetinaNet head (same outputs and loss dict) with ``FocalClassificationHead``."""
+    """torchvision's RetinaNet head (same outputs and loss dict) with ``FocalClassificationHead``.
 
-    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, *, gamma: float, alpha: float | None):
+    ``norm_layer`` is torchvision's: None (v1 head) or e.g. ``partial(nn.GroupNorm, 32)`` (the v2 head),
+    applied after each of the four convs of both sub-heads (see :func:`head_norm_layer`).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        *,
+        gamma: float,
+        alpha: float | None,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+    ) -> None:
         # The parent's __init__ only builds its two sub-heads; building the default classification head
         # just to replace it would waste an initialisation, so both are built here.
         nn.Module.__init__(self)
         self.classification_head = FocalClassificationHead(
-            in_channels, num_anchors, num_classes, gamma=gamma, alpha=alpha
+            in_channels, num_anchors, num_classes, norm_layer=norm_layer, gamma=gamma, alpha=alpha
         )
-        self.regression_head = RetinaNetRegressionHead(in_channels, num_anchors)
+        self.regression_head = RetinaNetRegressionHead(in_channels, num_anchors, norm_layer=norm_layer)
 
 
 # ------------------------------------------------------------------------------------------ detectors
@@ -390,6 +428,7 @@ def retinanet(
     anchor_generator: PyramidAnchorGenerator,
     gamma: float = 2.0,
     alpha: float | None = 0.25,
+    head_norm: Literal["none", "group"] = "none",
     min_size: int = 320,
     max_size: int = 320,
     score_thresh: float = 0.05,
@@ -402,10 +441,18 @@ def retinanet(
 
     Args:
         num_classes: logits per anchor, torchvision's meaning (object classes + the unused label 0).
+        head_norm: ``group`` = GroupNorm in both sub-heads (:func:`head_norm_layer`), ``none`` = without.
         Others: as ``torchvision.models.detection.RetinaNet``.
     """
     num_anchors = anchor_generator.num_anchors_per_location()[0]
-    head = FocalRetinaNetHead(backbone.out_channels, num_anchors, num_classes, gamma=gamma, alpha=alpha)
+    head = FocalRetinaNetHead(
+        backbone.out_channels,
+        num_anchors,
+        num_classes,
+        gamma=gamma,
+        alpha=alpha,
+        norm_layer=head_norm_layer(head_norm, backbone.out_channels),
+    )
     return RetinaNet(
         backbone,
         num_classes,
@@ -528,10 +575,12 @@ def build_detector(
         "bg_iou_thresh": cfg.bg_iou_thresh,
     }
     if cfg.arch == "retinanet":
-        model = retinanet(**common, gamma=cfg.focal.gamma, alpha=cfg.focal.alpha)
+        model = retinanet(**common, gamma=cfg.focal.gamma, alpha=cfg.focal.alpha, head_norm=cfg.head_norm)
     else:
         if cfg.focal != FocalConfig():
             log.warning("detector.focal.* is ignored by arch faster_rcnn (its RPN and box head use cross-entropy)")
+        if cfg.head_norm != "none":
+            log.warning("detector.head_norm is ignored by arch faster_rcnn (it applies to RetinaNet's head)")
         model = faster_rcnn(**common)
     if cfg.input_upscale == "none":
         return model

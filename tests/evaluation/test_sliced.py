@@ -1,4 +1,4 @@
-"""Sliced inference: tile layout, box mapping, batching and the merge of cut objects."""
+"""Sliced inference: tile layout, the tile scale rule, box mapping, batching and the merge of cut objects."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from sod.config import EvaluateConfig, SlicedConfig
-from sod.evaluation.sliced import SlicedPredictor, merge_predictions, tile_grid
+from sod.evaluation.sliced import SlicedPredictor, full_image_factor, merge_predictions, tile_grid
 
 
 def _fixed_box(images: list[Tensor]) -> list[dict[str, Tensor]]:
@@ -86,6 +86,79 @@ def test_upscaled_tiles_and_pyramid_scales_map_back() -> None:
         assert p["boxes"][0].tolist() == pytest.approx([32, 24, 96, 72])
     for p, (x0, y0, _, _) in zip(passes[2:], tile_grid(96, 128, 64, 0.5).tolist(), strict=True):
         assert p["boxes"][0].tolist() == pytest.approx([x0 + 16, y0 + 16, x0 + 48, y0 + 48])
+
+
+class _CentreBox:
+    """A 'detector' that records each input's (h, w) and boxes the middle half of it, in its own pixels."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        outs = []
+        for im in images:
+            h, w = im.shape[-2:]
+            self.seen.append((h, w))
+            box = torch.tensor([[0.25 * w, 0.25 * h, 0.75 * w, 0.75 * h]])
+            outs.append({"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([1])})
+        return outs
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "min_size", "max_size", "factor"),
+    [
+        (320, 320, 320, 320, 1.0),  # the embedded scenes: no resize
+        (480, 640, 320, 320, 0.5),  # short side → 320 is 2/3, but the long side caps it: 320 / 640
+        (100, 200, 400, 1000, 4.0),  # short side 100 → 400; the long side 800 stays under 1000
+        (100, 400, 200, 600, 1.5),  # short side wants 2, the long side caps at 600 / 400
+        (512, 256, 256, 1024, 1.0),  # portrait: the short side is the width
+    ],
+)
+def test_full_image_factor_is_torchvisions_rule(
+    height: int, width: int, min_size: int, max_size: int, factor: float
+) -> None:
+    assert full_image_factor(height, width, min_size, max_size) == pytest.approx(factor)
+
+
+def test_default_tile_scale_is_the_full_images_factor() -> None:
+    # A 320 px image, detector min_size = max_size = 320: factor 1, so 160 px tiles run at 160 px.
+    detector = _CentreBox()
+    pred = SlicedPredictor(detector, tile=160, overlap=0.25, input_size=(320, 320))
+    assert pred.upscale is None and pred.tile_scale(320, 320) == 1.0
+    (passes,) = pred.passes([torch.zeros(3, 320, 320)])
+    tiles = tile_grid(320, 320, 160, 0.25)  # step 120: origins 0, 120, 160 per axis → 9 tiles
+    assert len(tiles) == 9
+    assert detector.seen == [(320, 320)] + [(160, 160)] * 9
+    for p, (x0, y0, _, _) in zip(passes[1:], tiles.tolist(), strict=True):
+        assert p["boxes"][0].tolist() == pytest.approx([x0 + 40, y0 + 40, x0 + 120, y0 + 120])
+
+    # An explicit upscale is relative to that factor: today's 2.0 shows the same tiles at 320 px.
+    detector = _CentreBox()
+    SlicedPredictor(detector, tile=160, overlap=0.25, upscale=2.0, input_size=(320, 320)).passes(
+        [torch.zeros(3, 320, 320)]
+    )
+    assert detector.seen == [(320, 320)] + [(320, 320)] * 9
+
+
+def test_tiles_of_a_large_image_shrink_with_the_full_image() -> None:
+    # 480 x 640 at min_size = max_size = 320: the detector shrinks the full image by 0.5, so a 160 px tile
+    # runs at 80 px and its objects keep the pixel size they have in the full-image pass.
+    detector = _CentreBox()
+    pred = SlicedPredictor(detector, tile=160, overlap=0.0, input_size=(320, 320), batch_size=16)
+    (passes,) = pred.passes([torch.zeros(3, 480, 640)])
+    assert pred.tile_scale(480, 640) == 0.5
+    assert detector.seen == [(240, 320)] + [(80, 80)] * 12  # 3 rows x 4 columns of tiles
+    assert passes[0]["boxes"][0].tolist() == pytest.approx([160, 120, 480, 360])  # back in image pixels
+    assert passes[1]["boxes"][0].tolist() == pytest.approx([40, 40, 120, 120])
+
+
+def test_config_default_upscale_keeps_tiles_at_model_scale() -> None:
+    # The evaluate stage hands images already at the detector's scale (input_size None): factor 1.
+    cfg = EvaluateConfig()
+    assert cfg.sliced.upscale is None
+    detector = _CentreBox()
+    SlicedPredictor.from_config(detector, cfg, sliced=True).passes([torch.zeros(3, 320, 320)])
+    assert detector.seen == [(320, 320)] + [(160, 160)] * 9
 
 
 def test_tiles_are_batched() -> None:

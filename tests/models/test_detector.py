@@ -1,17 +1,21 @@
-"""Detector builder: archs × backbones train and predict, pyramid levels, PAFPN, focal head, anchors, sizes."""
+"""Detector builder: archs × backbones train and predict, pyramid levels, PAFPN, focal and GroupNorm heads,
+anchors, sizes, save/load."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead, _default_anchorgen
 from torchvision.ops import sigmoid_focal_loss
 
-from sod.config import DetectorConfig, FocalConfig
+from sod.config import DetectorConfig, FocalConfig, to_dict
+from sod.engine import save_checkpoint
 from sod.errors import DataError
 from sod.models.detector import (
     FocalClassificationHead,
@@ -19,6 +23,8 @@ from sod.models.detector import (
     anchor_generator_from_file,
     build_backbone,
     build_detector,
+    head_norm_layer,
+    load_detector,
 )
 from sod.models.pretrained import load_imagenet_state_dict
 
@@ -94,6 +100,94 @@ def test_focal_params_reach_the_retinanet_head() -> None:
     head = model.head.classification_head
     assert isinstance(head, FocalClassificationHead)
     assert (head.gamma, head.alpha, head.num_classes) == (0.5, None, 4)  # 3 classes + unused label 0
+
+
+# ------------------------------------------------------------------------------------------ head norm
+def _group_norms(module: nn.Module) -> list[nn.GroupNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
+
+
+def test_head_norm_group_puts_groupnorm_after_every_head_conv() -> None:
+    model = build_detector(_cfg(fpn_channels=64, head_norm="group", focal=FocalConfig(gamma=1.5)), num_classes=2)
+    cls_head, reg_head = model.head.classification_head, model.head.regression_head
+    # 4 convs per sub-head, each followed by GroupNorm(32 groups, 64 channels) as torchvision's v2 head.
+    for sub in (cls_head, reg_head):
+        norms = _group_norms(sub)
+        assert [(n.num_groups, n.num_channels) for n in norms] == [(32, 64)] * 4
+        assert all(sub.conv[i][0].bias is None for i in range(4))  # the norm's shift replaces the conv bias
+    assert isinstance(cls_head, FocalClassificationHead) and cls_head.gamma == 1.5  # still from params
+    assert not _group_norms(model.backbone)  # the head only
+
+    plain = build_detector(_cfg(fpn_channels=64), num_classes=2)
+    assert not _group_norms(plain)
+    assert plain.head.classification_head.conv[0][0].bias is not None  # torchvision's v1 head
+
+
+@pytest.mark.parametrize(("channels", "groups"), [(256, 32), (128, 32), (64, 32), (48, 16), (40, 8), (8, 8)])
+def test_head_groups_divide_the_fpn_width(channels: int, groups: int) -> None:
+    norm = head_norm_layer("group", channels)(channels)
+    assert (norm.num_groups, norm.num_channels) == (groups, channels)
+    assert head_norm_layer("none", channels) is None
+
+
+def test_groupnorm_head_trains_and_predicts() -> None:
+    torch.manual_seed(0)
+    model = build_detector(_cfg(fpn_channels=32, head_norm="group", score_thresh=0.0), num_classes=2)
+    images = [torch.rand(3, 48, 64), torch.rand(3, 48, 64)]
+    model.train()
+    losses = model(images, _targets())
+    assert set(losses) == {"classification", "bbox_regression"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    for norm in _group_norms(model.head):
+        assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        (det, _) = model(images)
+    assert det["boxes"].shape[1] == 4 and len(det["boxes"]) > 0
+
+
+def _save(path: Path, model: nn.Module, detector: dict[str, object]) -> None:
+    """A ``models/detector.pt`` as ``sod.stages.train_detector.save_model`` writes it."""
+    state = {
+        "model": model.state_dict(),
+        "detector": detector,
+        "anchors": None,
+        "num_classes": 2,
+        "categories": [{"id": 7, "name": "a"}, {"id": 9, "name": "b"}],
+        "label_to_category": {1: 7, 2: 9},
+    }
+    save_checkpoint(path, state)
+
+
+def test_groupnorm_detector_saves_and_loads_back(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = _cfg(head_norm="group")
+    model = build_detector(cfg, num_classes=2)
+    with torch.no_grad():  # move the norms off their init (weight 1, bias 0) so the load is really checked
+        for norm in _group_norms(model.head):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    model.eval()
+    _save(tmp_path / "detector.pt", model, to_dict(cfg))
+
+    loaded, meta = load_detector(tmp_path / "detector.pt")
+    assert meta["detector"]["head_norm"] == "group"
+    assert len(_group_norms(loaded.head)) == 8
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    images = [torch.rand(3, 96, 96)]
+    with torch.no_grad():
+        torch.testing.assert_close(model(images)[0]["scores"], loaded(images)[0]["scores"])
+
+
+def test_model_saved_before_head_norm_loads_as_none(tmp_path: Path) -> None:
+    model = build_detector(_cfg(), num_classes=2).eval()
+    old = to_dict(_cfg())
+    del old["head_norm"]  # a detector.pt written before the key existed
+    _save(tmp_path / "old.pt", model, old)
+    loaded, _ = load_detector(tmp_path / "old.pt")
+    assert not _group_norms(loaded)
 
 
 # ------------------------------------------------------------------------------------------- pyramid
