@@ -1,4 +1,4 @@
-"""Training engine: device, AMP, DDP, atomic checkpoints with resume, progress bar, non-finite-loss stop.
+"""Training engine: device, AMP, DDP, atomic checkpoints with resume, progress (see sod.progress), NaN stop.
 
 In the spirit of torchvision's ``references/detection/engine.py``: free functions with explicit
 arguments. ``train_one_epoch`` works with any model that returns a loss dict in training mode
@@ -12,6 +12,7 @@ and random transforms of epoch *e* do not depend on whether the run was resumed.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -26,10 +27,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from sod.errors import SodError
 from sod.io import atomic_path
+from sod.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,8 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     n_batches, n_images = 0, 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress or rank != 0, leave=False, dynamic_ncols=True)
+    # Counted from 1, like fit's log line; without a TTY it prints one plain line per epoch (sod.progress).
+    bar = progress_bar(loader, desc=f"epoch {epoch + 1}", unit="batch", enabled=progress and rank == 0)
     for images, targets in bar:
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
@@ -262,9 +264,16 @@ def config_fingerprint(config: dict[str, Any]) -> str:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` with torch.save to a temporary file, then rename it over ``path`` (atomic)."""
+    """Write ``state`` with torch.save atomically; the same ``state`` always gives the same bytes.
+
+    torch.save names the zip archive's root folder after the file it writes to, so saving straight to the
+    random temporary name of an atomic write would put that name into the bytes (and into DVC's md5).
+    Serialising to memory first gives the fixed root ``archive/``, as :func:`sod.models.sr.save_sr` does.
+    """
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buf.getvalue())
 
 
 def load_checkpoint(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -323,7 +332,10 @@ def fit(
 ) -> list[dict[str, float]]:
     """Train for ``epochs``, checkpointing atomically after every epoch; resume from ``checkpoint`` if present.
 
-    Only rank 0 writes the checkpoint. A checkpoint from a different ``config`` is refused.
+    Only rank 0 writes the checkpoint. A checkpoint from a different ``config`` is refused. Resume is per
+    epoch: a kill inside an epoch loses its steps, and the rerun trains that epoch again from the previous
+    checkpoint; since epoch *e* runs under ``seeded(seed + e)``, it is the same epoch, and the run ends on
+    the same weights as an uninterrupted one (on CPU).
     ``on_epoch_end`` gets the history so far (on every rank) after each epoch's checkpoint is on disk.
 
     Returns:

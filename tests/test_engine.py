@@ -1,4 +1,5 @@
-"""Engine: resume after a kill equals an uninterrupted run, non-finite loss stops, config mismatch refused, DDP."""
+"""Engine: resume after a kill equals an uninterrupted run, same state gives same bytes, non-finite loss stops,
+config mismatch refused, DDP."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,24 @@ def test_checkpoint_from_other_config_is_refused(tmp_path: Path) -> None:
     engine.save_checkpoint(ckpt, {"model": {}, "config": {"lr": 0.1, "epochs": 3}})
     with pytest.raises(engine.CheckpointMismatchError, match=r"differs in: lr"):
         engine.load_checkpoint(ckpt, CONFIG)
+
+
+def test_same_state_saved_twice_gives_the_same_bytes(tmp_path: Path) -> None:
+    # Different directories, file names and moments: the atomic write's temporary name must not leak in.
+    torch.manual_seed(0)
+    state = {"model": tiny_retinanet().state_dict(), "epoch": 1, "config": CONFIG}
+    a, b = tmp_path / "a" / "detector.pt", tmp_path / "b" / "other.pt"
+    engine.save_checkpoint(a, state)
+    time.sleep(1.1)  # a zip timestamp would differ by now
+    engine.save_checkpoint(b, state)
+    assert a.read_bytes() == b.read_bytes()
+    assert not [p.name for p in tmp_path.rglob(".*")]  # no temporary file left behind
+    loaded = engine.load_checkpoint(b, CONFIG)
+    assert all(torch.equal(loaded["model"][k], v) for k, v in state["model"].items())
+    # And the bytes depend on the content: one changed weight changes them.
+    state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    engine.save_checkpoint(b, state)
+    assert a.read_bytes() != b.read_bytes()
 
 
 def test_garbage_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

@@ -42,10 +42,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from sod.config import COCO_SMALL_AREA, EmbeddedConfig
 from sod.io import save_png, write_json
+from sod.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +196,7 @@ class _Sprite:
     rgb: np.ndarray | None = None
 
 
-def render_scene(
-    cfg: EmbeddedConfig, rng: np.random.Generator, sources: Sources, without_small: bool = False
-) -> Scene:
+def render_scene(cfg: EmbeddedConfig, rng: np.random.Generator, sources: Sources, without_small: bool = False) -> Scene:
     """Render one scene with its labelled boxes.
 
     Args:
@@ -281,7 +279,7 @@ def build_embedded(cfg: EmbeddedConfig, out_dir: Path, progress: bool = False) -
         out_dir: created if needed; receives ``images/000000.png``, ... (8-bit RGB, ``image_size`` square)
             and ``annotations.json`` (COCO: ``file_name`` relative to ``out_dir/images``, image ids from 1,
             ``bbox`` as ``[x, y, w, h]`` floats, ``area = w * h``, ``iscrowd`` 0). Nothing else is written.
-        progress: show a tqdm progress bar.
+        progress: show progress (see :mod:`sod.progress`).
 
     Returns:
         ``(annotations_json_path, images_root)``.
@@ -291,7 +289,7 @@ def build_embedded(cfg: EmbeddedConfig, out_dir: Path, progress: bool = False) -
     images_root.mkdir(parents=True, exist_ok=True)
     sources = load_sources()
     images, annotations = [], []
-    for index in tqdm(range(cfg.images), desc="embedded scenes", unit="img", disable=not progress):
+    for index in progress_bar(range(cfg.images), desc="embedded scenes", unit="img", enabled=progress):
         scene = render_scene(
             cfg, np.random.default_rng([cfg.seed, index]), sources, without_small=scene_without_small(cfg, index)
         )

@@ -6,7 +6,8 @@ Single process: ``sod train-detector ...``. Several GPUs or CPU processes: ``tor
 Checkpoints: one file per training configuration, ``<checkpoint_dir>/<fingerprint>.pt``, written
 atomically after every epoch. A rerun after a kill resumes from it; a run with other params (another
 fingerprint) starts fresh instead of resuming from the wrong weights. The checkpoint is removed once
-the final model is written.
+the final model is written. ``<checkpoint_dir>/.sod-owner`` lists the checkpoints this stage wrote; a
+non-empty ``checkpoint_dir`` without it is refused, and only listed files are ever deleted.
 
 SR front end (``detector.input_upscale: sr``): the SR model of ``sod train-sr`` (``--sr-model``) upscales every
 training image; it is frozen unless ``detector.sr_finetune``, and its weights are saved inside the detector
@@ -28,7 +29,7 @@ from sod import engine
 from sod.config import Params, to_dict
 from sod.data.dataset import CocoDetectionDataset, collate_fn, train_transforms
 from sod.errors import DataError
-from sod.io import atomic_path, read_json, write_json
+from sod.io import atomic_path, check_owner, claim_dir, read_json, remove_owned, write_json
 from sod.models.detector import build_detector
 from sod.models.sr import SRUpscaler, load_sr
 
@@ -52,17 +53,18 @@ def run(
         sr_model: ``models/sr.pt``; read only when ``detector.input_upscale`` is sr.
 
     Raises:
-        DataError: unreadable data or anchors; input_upscale sr without a readable SR model of the right scale.
+        DataError: unreadable data or anchors; input_upscale sr without a readable SR model of the right scale;
+            ``checkpoint_dir`` is not empty and not marked as this stage's (nothing is written then).
     """
     tcfg = params.train
+    # Every rank checks (read-only), so a refused directory stops all of them before any collective call.
+    check_owner(checkpoint_dir, "train_detector")
     upscaler, sr_sha256 = None, None
     if params.detector.input_upscale == "sr":
         if sr_model is None:
             raise DataError("detector.input_upscale is sr: pass the SR model (`--sr-model models/sr.pt`)")
         upscaler = load_sr(sr_model)
         sr_sha256 = hashlib.sha256(Path(sr_model).read_bytes()).hexdigest()
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
     anchors = read_json(anchors_json)
     dataset = CocoDetectionDataset(train_json, transforms=train_transforms(params.augment.online))
     with engine.distributed(tcfg.device) as dist_info:
@@ -88,6 +90,8 @@ def run(
         config = _fingerprint_config(params, anchors, train_json, dataset.num_classes, dist_info.world_size, sr_sha256)
         fingerprint = engine.config_fingerprint(config)[:16]
         checkpoint = checkpoint_dir / f"{fingerprint}.pt"
+        if dist_info.is_main:  # listed in the marker before it exists, so even a killed run's file is sod's
+            claim_dir(checkpoint_dir, "train_detector", [checkpoint.name])
 
         def write_curve(history: list[dict[str, float]]) -> None:
             if dist_info.is_main:  # the curve grows while training runs, for `dvc plots show`
@@ -114,7 +118,7 @@ def run(
             _write_loss_csv(loss_csv, history)  # also when every epoch was resumed from the checkpoint
             save_model(out, engine.unwrap(model), params, dataset, anchors, upscaler)
             write_json(report, result)
-            checkpoint.unlink(missing_ok=True)
+            remove_owned(checkpoint, "train_detector")  # only a checkpoint this stage's marker lists
     return result
 
 

@@ -1,8 +1,13 @@
-"""`train_sr` on a few tiny images: every output written, resume after a kill, patch sampling, scoring windows."""
+"""`train_sr` on a few tiny images: every output written, resume after a kill, a checkpoint from other params.
+
+Patch sampling is tested in tests/data/test_sr_patches.py, scoring windows in tests/evaluation/test_sr_metrics.py.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +19,12 @@ from skimage import data
 from sod import engine
 from sod.config import load_params
 from sod.errors import SodError
+from sod.evaluation.plots import SR_PREVIEW_CELL, SR_PREVIEW_HEADER
 from sod.io import save_png
 from sod.models import pretrained
 from sod.models.sr import load_sr
 from sod.stages import train_sr
-from sod.stages.train_sr import PatchDataset, SRImage, make_lr, small_window
+from tests.stages import hooked_sod
 
 # Small boxes (COCO xywh, area < 32²) of the tiny images; the second image has none.
 BOXES = {1: [[10.0, 12.0, 14.0, 9.0], [40.0, 30.0, 8.0, 8.0]], 2: [], 3: [[20.0, 20.0, 12.0, 16.0]]}
@@ -97,7 +103,7 @@ def test_writes_model_report_and_preview(dataset: tuple[Path, Path], tmp_path: P
     up = load_sr(paths["out"])
     assert up(torch.rand(1, 3, 10, 10)).shape == (1, 3, 20, 20)
     with Image.open(paths["preview"]) as im:
-        assert im.size == (4 * train_sr.PREVIEW_CELL, 16 + 3 * train_sr.PREVIEW_CELL)
+        assert im.size == (4 * SR_PREVIEW_CELL, SR_PREVIEW_HEADER + 3 * SR_PREVIEW_CELL)
 
 
 def test_rerun_resumes_from_checkpoint(
@@ -152,42 +158,55 @@ def test_checkpoint_from_other_params_is_refused(dataset: tuple[Path, Path], tmp
         )
 
 
-def test_object_patches_hold_a_small_object() -> None:
-    hr = torch.zeros(3, 40, 60, dtype=torch.uint8)
-    boxes = torch.tensor([[50.0, 2.0, 58.0, 8.0]])  # centre (54, 5) in HR px = (27, 2.5) in LR px
-    im = SRImage(hr=hr, lr=make_lr(hr, 2), small_boxes_xyxy=boxes)
-    ds = PatchDataset([im], patch=6, scale=2, objects=True, length=50)
-    torch.manual_seed(0)
-    for _ in range(50):
-        lr, target = ds[0]
-        assert lr.shape == (3, 6, 6) and target["hr"].shape == (3, 12, 12)
-    # Mark the object's centre pixel and check that every patch contains it.
-    hr[:, 5, 54] = 255
-    im = SRImage(hr=hr, lr=hr[:, ::2, ::2].clone(), small_boxes_xyxy=boxes)
-    ds = PatchDataset([im], patch=6, scale=2, objects=True, length=50)
-    assert all(float(ds[0][1]["hr"].max()) == 1.0 for _ in range(50))
+# ---------------------------------------------------------- the real command in child processes, killed
+def _cli_train_sr(
+    dataset: tuple[Path, Path], root: Path, hooks: list[str]
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Path]]:
+    """``sod train-sr`` (2 epochs of 2 steps: 8 patches per epoch, batches of 4) in a child process."""
+    paths = _paths(root)
+    argv = ["train-sr", "-q", *[a for s in _overrides() for a in ("--set", s)]]
+    argv += ["--train", str(dataset[0]), "--val", str(dataset[1])]
+    argv += [a for k, p in paths.items() for a in (f"--{k}", str(p))]
+    return hooked_sod.run(hooks, argv), paths
 
 
-def test_objects_sampling_without_small_objects_is_an_error() -> None:
-    hr = torch.zeros(3, 16, 16, dtype=torch.uint8)
-    im = SRImage(hr=hr, lr=make_lr(hr, 2), small_boxes_xyxy=torch.zeros(0, 4))
-    with pytest.raises(SodError, match="no small object"):
-        PatchDataset([im], patch=4, scale=2, objects=True, length=1)
+@pytest.fixture(scope="module")
+def uninterrupted(dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    proc, paths = _cli_train_sr(dataset, tmp_path_factory.mktemp("uninterrupted"), [])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return paths
 
 
-def test_small_window_is_square_with_context_inside_the_shaved_image() -> None:
-    # 10 px box near the corner: the 32 px minimum window, pushed inside the 2 px border.
-    assert small_window([10, 10, 20, 20], 100, 100, 2) == (2, 2, 32)
-    # 40 px wide box: side 40 + 2·8 = 56, centred at (70, 55) → left 42, top 27; left fits exactly (42 + 56 = 98).
-    assert small_window([50, 50, 90, 60], 100, 100, 2) == (27, 42, 56)
-    # An image smaller than the window: the side shrinks to the shaved height (20 − 2·2), centred at x = 22.5
-    # → left 14.5 rounds to 14, then is pushed back to 30 − 2 − 16 = 12.
-    assert small_window([20, 5, 25, 10], 20, 30, 2) == (2, 12, 16)
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kill", "trained_before_kill"),
+    [(["--kill-after-checkpoint", "0"], ["0"]), (["--kill-at-step", "3"], ["0", "1"])],
+    ids=["after-epoch-0", "inside-epoch-1"],
+)
+def test_killed_cli_run_resumes_to_the_uninterrupted_outputs(
+    dataset: tuple[Path, Path],
+    uninterrupted: dict[str, Path],
+    tmp_path: Path,
+    kill: list[str],
+    trained_before_kill: list[str],
+) -> None:
+    """SIGKILL after epoch 0's checkpoint, or in the middle of epoch 1 (which the rerun then trains again
+    from epoch 0's checkpoint): model, report and preview end byte-identical to an uninterrupted run's."""
+    killed, epochs = tmp_path / "killed", tmp_path / "epochs"
+    epochs.mkdir()
+    proc, paths = _cli_train_sr(dataset, killed, [*kill, "--epoch-log", str(epochs / "killed")])
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert (epochs / "killed").read_text().split() == trained_before_kill
+    assert not paths["out"].exists() and not paths["report"].exists()
+    epoch0 = torch.load(paths["checkpoint"], weights_only=True)
+    assert epoch0["epoch"] == 0
 
-
-def test_lr_is_an_8bit_antialiased_downscale() -> None:
-    hr = torch.zeros(3, 8, 8, dtype=torch.uint8)
-    hr[:, :, ::2] = 255  # 1 px stripes: antialiasing averages them to grey instead of aliasing
-    lr = make_lr(hr, 2)
-    assert lr.dtype == torch.uint8 and lr.shape == (3, 4, 4)
-    assert 100 < int(lr[0, 1, 1]) < 155
+    proc, paths = _cli_train_sr(dataset, killed, ["--epoch-log", str(epochs / "rerun")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (epochs / "rerun").read_text().split() == ["1"]  # epoch 0 came from the checkpoint
+    for key in ("out", "report", "preview"):
+        assert paths[key].read_bytes() == uninterrupted[key].read_bytes(), key
+    # Epoch 1 moved the weights: equal bytes mean it ran, from epoch 0's weights, with the same patches.
+    final = load_sr(paths["out"]).net.state_dict()
+    before = {k.removeprefix("upscaler.net."): v for k, v in epoch0["model"].items() if k.startswith("upscaler.net.")}
+    assert before.keys() == final.keys() and not all(torch.equal(final[k], v) for k, v in before.items())
