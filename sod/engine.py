@@ -329,6 +329,7 @@ def fit(
     progress: bool = True,
     dist_info: DistInfo = DistInfo(),
     on_epoch_end: Callable[[list[dict[str, float]]], None] | None = None,
+    restart_on_mismatch: bool = False,
 ) -> list[dict[str, float]]:
     """Train for ``epochs``, checkpointing atomically after every epoch; resume from ``checkpoint`` if present.
 
@@ -337,6 +338,9 @@ def fit(
     checkpoint; since epoch *e* runs under ``seeded(seed + e)``, it is the same epoch, and the run ends on
     the same weights as an uninterrupted one (on CPU).
     ``on_epoch_end`` gets the history so far (on every rank) after each epoch's checkpoint is on disk.
+    ``restart_on_mismatch``: a sod checkpoint written under another config (one checkpoint file per stage,
+    as ``train_sr`` has, outlives a run and meets the next run's params) starts training afresh, and the
+    first epoch's checkpoint replaces it; a file that is not a sod checkpoint is still refused.
 
     Returns:
         One dict per epoch (``epoch``, mean losses, ``images_per_s``, ``lr``), resumed epochs included.
@@ -344,8 +348,15 @@ def fit(
     checkpoint = Path(checkpoint)
     history: list[dict[str, float]] = []
     start = 0
+    state = None
     if checkpoint.exists():
-        state = load_checkpoint(checkpoint, config)
+        try:
+            state = load_checkpoint(checkpoint, config)
+        except CheckpointMismatchError as exc:
+            if not restart_on_mismatch:
+                raise
+            log.warning("%s; training from scratch (the first epoch's checkpoint replaces it)", exc)
+    if state is not None:
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:

@@ -25,7 +25,13 @@ class Killed(Exception):
     """Stands in for a kill signal after an epoch's checkpoint is written."""
 
 
-def _train(ckpt: Path, epochs: int = 3, kill_after: int | None = None, workers: int | None = None) -> nn.Module:
+def _train(
+    ckpt: Path,
+    epochs: int = 3,
+    kill_after: int | None = None,
+    workers: int | None = None,
+    restart_on_mismatch: bool = False,
+) -> nn.Module:
     torch.manual_seed(0)
     model = tiny_retinanet()
     opt = torch.optim.AdamW(model.parameters(), lr=CONFIG["lr"])
@@ -53,6 +59,7 @@ def _train(ckpt: Path, epochs: int = 3, kill_after: int | None = None, workers: 
         grad_clip=1.0,
         progress=False,
         on_epoch_end=hook,
+        restart_on_mismatch=restart_on_mismatch,
     )
     return model
 
@@ -81,6 +88,27 @@ def test_checkpoint_from_other_config_is_refused(tmp_path: Path) -> None:
     engine.save_checkpoint(ckpt, {"model": {}, "config": {"lr": 0.1, "epochs": 3}})
     with pytest.raises(engine.CheckpointMismatchError, match=r"differs in: lr"):
         engine.load_checkpoint(ckpt, CONFIG)
+
+
+def test_restart_on_mismatch_trains_from_scratch_and_replaces_the_checkpoint(tmp_path: Path) -> None:
+    """A sod checkpoint of other params: refused by default, trained over with restart_on_mismatch, and the
+    result equals a run that never saw it. A file that is not a sod checkpoint is refused either way."""
+    torch.set_num_threads(1)
+    straight = _train(tmp_path / "a" / "last.pt", epochs=1)
+    ckpt = tmp_path / "b" / "last.pt"
+    engine.save_checkpoint(ckpt, {"model": {}, "epoch": 0, "config": {"lr": 0.1, "epochs": 3}})
+    with pytest.raises(engine.CheckpointMismatchError):
+        _train(ckpt, epochs=1)
+    restarted = _train(ckpt, epochs=1, restart_on_mismatch=True)
+    for (name, p), q in zip(straight.state_dict().items(), restarted.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    assert engine.load_checkpoint(ckpt, CONFIG)["epoch"] == 0
+    foreign = tmp_path / "c" / "last.pt"
+    foreign.parent.mkdir()
+    foreign.write_text("a user's notes")
+    with pytest.raises(engine.SodError, match="cannot read checkpoint"):
+        _train(foreign, epochs=1, restart_on_mismatch=True)
+    assert foreign.read_text() == "a user's notes"
 
 
 def test_same_state_saved_twice_gives_the_same_bytes(tmp_path: Path) -> None:

@@ -22,8 +22,8 @@ Scores (``report``), on the first ``sr.val_images`` val images, SR papers' proto
 Outputs (paths from the command line): ``out`` (``models/sr.pt``, see :func:`sod.models.sr.save_sr`; read it
 with :func:`sod.models.sr.load_sr`), ``report``, ``preview`` (a PNG with one row per small-object window:
 LR (nearest-neighbour) | bicubic | SR | HR, see :func:`sod.evaluation.plots.plot_sr_preview`), and
-``checkpoint`` (written after every epoch; a rerun resumes from it, and one written under different ``sr``
-params is refused).
+``checkpoint`` (written after every epoch; a rerun resumes from it; a sod checkpoint written under different
+``sr`` params is trained over from scratch, any other file at that path is refused).
 """
 
 from __future__ import annotations
@@ -167,6 +167,9 @@ def run(
         scheduler=scheduler,
         scaler=scaler,
         progress=progress,
+        # checkpoints/sr.pt is one persistent file: after `dvc exp run -S sr.lr=...` it holds the last run's
+        # training, which must not block the new params.
+        restart_on_mismatch=True,
     )
 
     scores, windows = score_upscaler(upscaler, val, device, progress)
