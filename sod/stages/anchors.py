@@ -1,4 +1,4 @@
-"""``sod anchors``: anchors fitted to the training boxes, and best-possible recall against torchvision's.
+"""``sod anchors``: anchors fitted to the training boxes on the stride grid, scored against torchvision's.
 
 Inputs: the (augmented) train COCO JSON; only ``images[].width/height`` and ``annotations[].bbox/area``
 are read, never the pixels. Every box is scaled to the detector's input size exactly as torchvision's
@@ -13,15 +13,23 @@ Outputs (paths from the command line):
     its anchor generator from it;
   * ``report`` (``reports/anchors.json``): under ``default`` (torchvision's anchors for the configured
     levels) and ``tuned`` (the anchors written to ``out``; equal to ``default`` for ``method: default``):
-    ``bpr``, ``mean_best_iou``, ``bpr_small``, ``bpr_medium``, ``bpr_large``; and ``num_boxes``.
-    BPR is shape-only (anchors and boxes on a common centre), an upper bound that ignores the stride grid;
-    the size buckets use the annotation's ``area`` at the original image scale (COCO's definition);
+    the grid-aware figures, each per bucket (``all``, COCO ``small``/``medium``/``large`` by the
+    annotation's original ``area``, ``under_12px`` by its original long side), computed with the anchors
+    where the detector has them (every level's stride grid over the padded input) and torchvision's own
+    ``Matcher`` (:func:`sod.models.anchors.match_on_grid`):
+      - ``bpr_grid``: share of boxes with a grid anchor at IoU ≥ ``detector.fg_iou_thresh``;
+      - ``positives_per_gt``: mean anchors the matcher makes positive for a box at IoU ≥ fg;
+      - ``matched_per_gt``: the same plus the matcher's low-quality fallback (every anchor tied at the
+        box's best IoU: a 6 px box inside a 32 px anchor ties with every grid position the anchor contains);
+    and the shape-only upper bounds ``bpr``, ``mean_best_iou``, ``bpr_small``, ``bpr_medium``, ``bpr_large``
+    (anchors and boxes on a common centre); plus ``num_boxes`` and ``fg_iou_thresh``;
   * ``plot``: the GT box shapes at input scale on log axes, with the default and tuned anchors over them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +53,16 @@ def run(params: Params, train_json: Path, out: Path, report: Path, plot: Path) -
     acfg, dcfg = params.anchors, params.detector
     # The network's input: with an upscaling front end (detector.input_upscale) objects are factor× larger.
     min_size, max_size = dcfg.input_size()
-    boxes_wh, areas = load_boxes(train_json, min_size, max_size)
-    if len(boxes_wh) == 0:
+    boxes = load_boxes(train_json, min_size, max_size)
+    if len(boxes) == 0:
         raise DataError(f"{train_json}: no annotations with boxes: there is nothing to fit anchors to")
-    log.info("%d boxes at input scale %d/%d px", len(boxes_wh), min_size, max_size)
+    log.info("%d boxes at input scale %d/%d px", len(boxes), min_size, max_size)
 
+    strides = [2**lv for lv in dcfg.levels]
     default = anc.default_anchors_wh(dcfg.levels)
     if acfg.method == "kmeans":
         k = len(dcfg.levels) * acfg.anchors_per_level
-        n_shapes = len(np.unique(boxes_wh, axis=0))
+        n_shapes = len(np.unique(boxes.wh, axis=0))
         if n_shapes < k:
             log.warning(
                 "only %d distinct box shapes for %d anchors: k-means skipped, each shape is an anchor "
@@ -62,7 +71,7 @@ def run(params: Params, train_json: Path, out: Path, report: Path, plot: Path) -
                 k,
             )
         tuned = anc.tune_anchors(
-            boxes_wh,
+            boxes,
             dcfg.levels,
             acfg.anchors_per_level,
             dcfg.fg_iou_thresh,
@@ -70,43 +79,54 @@ def run(params: Params, train_json: Path, out: Path, report: Path, plot: Path) -
             acfg.evolve_generations,
             acfg.evolve_sigma,
             acfg.seed,
+            acfg.target_positives,
+            acfg.fit_boxes,
         )
     else:
         tuned = default
 
-    metrics_default = anc.anchor_metrics(boxes_wh, areas, np.concatenate(default), dcfg.fg_iou_thresh)
-    metrics_tuned = (
-        anc.anchor_metrics(boxes_wh, areas, np.concatenate(tuned), dcfg.fg_iou_thresh)
-        if acfg.method == "kmeans"
-        else dict(metrics_default)
-    )
-    log.info(
-        "BPR default %s (small %s), tuned %s (small %s)",
-        metrics_default["bpr"],
-        metrics_default["bpr_small"],
-        metrics_tuned["bpr"],
-        metrics_tuned["bpr_small"],
-    )
+    def metrics(anchors_wh: list[np.ndarray]) -> dict[str, Any]:
+        return {
+            **anc.anchor_metrics(boxes.wh, boxes.areas, np.concatenate(anchors_wh), dcfg.fg_iou_thresh),
+            **anc.grid_metrics(boxes, strides, anchors_wh, dcfg.fg_iou_thresh),
+        }
+
+    metrics_default = metrics(default)
+    metrics_tuned = metrics(tuned) if acfg.method == "kmeans" else dict(metrics_default)
+    for name, m in (("default", metrics_default), ("tuned", metrics_tuned)):
+        log.info(
+            "%s anchors on the grid: BPR %s (small %s), positives per box %s (small %s)",
+            name,
+            m["bpr_grid"]["all"],
+            m["bpr_grid"]["small"],
+            m["positives_per_gt"]["all"],
+            m["positives_per_gt"]["small"],
+        )
 
     write_json(
         out,
         {
             "method": acfg.method,
             "levels": list(dcfg.levels),
-            "strides": [2**lv for lv in dcfg.levels],
+            "strides": strides,
             "anchors_wh": [[[float(w), float(h)] for w, h in level] for level in tuned],
             "min_size": min_size,
             "max_size": max_size,
         },
     )
-    result = {"default": metrics_default, "tuned": metrics_tuned, "num_boxes": len(boxes_wh)}
+    result = {
+        "default": metrics_default,
+        "tuned": metrics_tuned,
+        "num_boxes": len(boxes),
+        "fg_iou_thresh": dcfg.fg_iou_thresh,
+    }
     write_json(report, result)
-    plot_anchors(boxes_wh, default, tuned, dcfg.levels, acfg.method, metrics_default, metrics_tuned, plot)
+    plot_anchors(boxes.wh, default, tuned, dcfg.levels, acfg.method, metrics_default, metrics_tuned, plot)
     return result
 
 
-def load_boxes(train_json: Path, min_size: int, max_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every annotation's box shape at the detector's input scale, and its area at the original scale.
+def load_boxes(train_json: Path, min_size: int, max_size: int) -> anc.GridBoxes:
+    """Every annotated box where the detector sees it: at its input scale, in its image's anchor grid.
 
     Args:
         train_json: a COCO file (images with ``width``/``height``; annotations with ``bbox`` xywh and ``area``;
@@ -114,14 +134,15 @@ def load_boxes(train_json: Path, min_size: int, max_size: int) -> tuple[np.ndarr
         min_size, max_size: the detector's input size (``detector.min_size``/``max_size``).
 
     Returns:
-        ``boxes_wh`` ``[N, 2]`` float64 (input pixels) and ``areas`` ``[N]`` float64 (original px²),
-        in annotation order.
+        :class:`~sod.models.anchors.GridBoxes` in annotation order: ``boxes_xyxy`` scaled per axis as
+        torchvision's transform scales them, each image's padded input size, image index, the original
+        ``area`` and long side.
 
     Raises:
         DataError: naming the bad record (bad size, unknown image_id, malformed or empty bbox).
     """
     raw = coco.load_coco_json(train_json)
-    ratios: dict[int, tuple[float, float]] = {}
+    images: dict[int, tuple[int, float, float, tuple[int, int]]] = {}  # id -> (index, ratio_w, ratio_h, input_wh)
     for i, img in enumerate(raw["images"]):
         where = f"images[{i}]"
         if not isinstance(img, dict) or "id" not in img:
@@ -131,19 +152,25 @@ def load_boxes(train_json: Path, min_size: int, max_size: int) -> tuple[np.ndarr
             raise DataError(
                 f"{train_json}: {where} (id={img['id']}) needs positive integer 'width' and 'height', got {w!r} x {h!r}"
             )
-        ratios[img["id"]] = anc.input_scale(w, h, min_size, max_size)
-    boxes, areas = [], []
+        images[img["id"]] = (
+            len(images),
+            *anc.input_scale(w, h, min_size, max_size),
+            anc.padded_input_size(w, h, min_size, max_size),
+        )
+    boxes, input_wh, index, areas, long_sides = [], [], [], [], []
     for i, ann in enumerate(raw["annotations"]):
         where = f"annotations[{i}]" + (f" (id={ann.get('id')})" if isinstance(ann, dict) else "")
         if not isinstance(ann, dict):
             raise DataError(f"{train_json}: {where} is not a JSON object")
-        if ann.get("image_id") not in ratios:
-            raise DataError(f"{train_json}: {where} refers to unknown image_id {ann.get('image_id')!r}")
+        try:
+            img_index, rw, rh, wh = images[ann.get("image_id")]
+        except (KeyError, TypeError):  # TypeError: an unhashable image_id such as a list
+            raise DataError(f"{train_json}: {where} refers to unknown image_id {ann.get('image_id')!r}") from None
         bbox = ann.get("bbox")
         if not (
             isinstance(bbox, list)
             and len(bbox) == 4
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
             and bbox[2] > 0
             and bbox[3] > 0
         ):
@@ -152,12 +179,21 @@ def load_boxes(train_json: Path, min_size: int, max_size: int) -> tuple[np.ndarr
                 "(run `sod prepare` to clean the dataset)"
             )
         area = ann.get("area", bbox[2] * bbox[3])
-        if isinstance(area, bool) or not isinstance(area, int | float) or area < 0:
+        if isinstance(area, bool) or not isinstance(area, int | float) or not area >= 0:
             raise DataError(f"{train_json}: {where} has a bad 'area' {area!r}")
-        rw, rh = ratios[ann["image_id"]]
-        boxes.append((bbox[2] * rw, bbox[3] * rh))
+        x, y, bw, bh = bbox
+        boxes.append((x * rw, y * rh, (x + bw) * rw, (y + bh) * rh))
+        input_wh.append(wh)
+        index.append(img_index)
         areas.append(float(area))
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 2), np.asarray(areas, dtype=np.float64)
+        long_sides.append(float(max(bw, bh)))
+    return anc.GridBoxes(
+        boxes_xyxy=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+        input_wh=np.asarray(input_wh, dtype=np.int64).reshape(-1, 2),
+        image_index=np.asarray(index, dtype=np.int64),
+        areas=np.asarray(areas, dtype=np.float64),
+        long_sides=np.asarray(long_sides, dtype=np.float64),
+    )
 
 
 def plot_anchors(
@@ -176,7 +212,7 @@ def plot_anchors(
         boxes_wh: ``[N, 2]`` box shapes; default, tuned: per level ``[A, 2]`` anchor shapes (input pixels).
         levels: FPN levels as log2(stride), one per entry of ``default``/``tuned``.
         method: ``anchors.method``; with ``default`` only the default anchors are drawn.
-        metrics_default, metrics_tuned: :func:`sod.models.anchors.anchor_metrics` results for the title.
+        metrics_default, metrics_tuned: the report's ``default`` and ``tuned`` entries (``bpr_grid`` for the title).
         path: the PNG to write (atomically, no timestamp in its metadata).
     """
     import matplotlib
@@ -211,10 +247,10 @@ def plot_anchors(
     ax.set_yscale("log")
     ax.set_xlabel("width at input scale (px)")
     ax.set_ylabel("height at input scale (px)")
-    title = f"{len(boxes_wh)} GT boxes; BPR default {metrics_default['bpr']:.3f}"
+    title = f"{len(boxes_wh)} GT boxes; BPR on the grid: default {metrics_default['bpr_grid']['all']:.3f}"
     if method == "kmeans":
-        title += f", tuned {metrics_tuned['bpr']:.3f}"
-    ax.set_title(title + " (shape-only, upper bound)")
+        title += f", tuned {metrics_tuned['bpr_grid']['all']:.3f}"
+    ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(True, which="both", lw=0.3, alpha=0.5)
     fig.tight_layout()
