@@ -1,7 +1,8 @@
 """The DVC DAG as a Prefect flow: one task per stage, each the equivalent of ``dvc repro --single-item <stage>``.
 
 DVC decides what is up to date (a stage whose deps and params did not change is skipped) and records
-dvc.lock; Prefect adds retries for transient failures, scheduling on workers, and a UI. The stages run
+dvc.lock; Prefect adds retries for transient failures, scheduling on workers, and a UI. What is transient is
+decided by exit code and exception type, never by what a stage printed (see :func:`transient_failure`). The stages run
 through DVC's Python API in the flow's process (``Repo.reproduce``), so DVC is imported and its repo read
 once per flow run rather than once per stage; each stage's command still runs in its own process, and its
 output is shown as it comes and kept for the error message. The flow opens one MLflow run and passes its id
@@ -22,7 +23,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from prefect import flow, get_run_logger, task
@@ -30,19 +31,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from sod import tracking
+from sod.errors import EXIT_TRANSIENT, TransientError, is_transient  # TransientError: one type for CLI and flows
 from sod.io import read_json
 
-# Signs of a failure worth a retry: the process was killed (preemption, OOM killer) or another DVC
-# process held the repo lock. A stage that fails on its own (bad data: exit 2) fails at once.
-_TRANSIENT_CODES = {-9, -15, 137, 143}
-_TRANSIENT_TEXT = ("Unable to acquire lock", "Connection", "Timeout", "timed out")
+# Exit codes worth a retry: `sod` said so (EXIT_TRANSIENT: a connection or a timeout), or a signal killed the
+# process (preemption, the OOM killer: negative from subprocess, 128 + signal from a shell). Any other code
+# (bad data: 2; a bug: 1) fails at once, whatever the output says: a dataset path may well contain "Timeout".
+TRANSIENT_CODES = frozenset({EXIT_TRANSIENT, -9, -15, 128 + 9, 128 + 15})
 _TAIL = 40  # lines of a failed command's output kept in the error
 _TAIL_BYTES = 64 * 1024  # what a stage's output buffer keeps: enough for _TAIL lines of progress bars
-_EXIT = re.compile(r"exited with (-?\d+)")  # how DVC's StageCmdFailedError states the command's exit code
-
-
-class TransientError(RuntimeError):
-    """A command failed in a way that may pass on a retry."""
+# DVC's StageCmdFailedError ends its message with the command's exit code: "failed to run: <cmd>, exited with
+# <code>" (it keeps no attribute). Anchored at the end, so a command line that holds those words is not read.
+_EXIT = re.compile(r", exited with (-?\d+)$")
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -75,10 +75,14 @@ def command_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, st
 
 
 def run_dvc(args: list[str], root: Path, env: dict[str, str]) -> str:
-    """Run ``dvc <args>`` in ``root``; returns its output.
+    """Run ``dvc <args>`` in ``root`` as a separate process; returns its output.
+
+    The ``dvc`` process exits 255 for every failure of its own and of a stage it ran, so only a signal that
+    killed it (:data:`TRANSIENT_CODES`) tells a transient failure here; the flows' retried steps run DVC in
+    this process instead (:func:`reproduce`, :func:`sync`), where the exception says more.
 
     Raises:
-        TransientError: killed by a signal, or a lock/network message in the output.
+        TransientError: killed by a signal.
         RuntimeError: any other failure, with the last lines of the output.
     """
     proc = subprocess.run(
@@ -87,17 +91,90 @@ def run_dvc(args: list[str], root: Path, env: dict[str, str]) -> str:
     output = proc.stdout + proc.stderr
     if proc.returncode == 0:
         return output
-    raise _failure(f"`dvc {' '.join(args)}` failed with exit code {proc.returncode}", proc.returncode, output)
+    transient = proc.returncode in TRANSIENT_CODES
+    raise _failure(f"`dvc {' '.join(args)}` failed with exit code {proc.returncode}", output, transient)
 
 
-def _failure(headline: str, code: int | None, output: str) -> RuntimeError:
+def _failure(headline: str, output: str, transient: bool) -> RuntimeError:
     """The error for a failed command: ``headline``, then the last :data:`_TAIL` lines of its ``output``;
-    a :class:`TransientError` when the exit code or the output says a retry may pass."""
+    a :class:`TransientError` when ``transient``. The output is only shown, never read for the decision."""
     tail = "\n".join(output.splitlines()[-_TAIL:])
     message = f"{headline}:\n{tail}"
-    if code in _TRANSIENT_CODES or any(t in message for t in _TRANSIENT_TEXT):
-        return TransientError(message)
-    return RuntimeError(message)
+    return TransientError(message) if transient else RuntimeError(message)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from, as a traceback shows them (cause, else context)."""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        yield node
+        node = node.__cause__ or (None if node.__suppress_context__ else node.__context__)
+
+
+def stage_exit_code(exc: BaseException) -> int | None:
+    """The exit code of the stage command whose failure DVC raised as ``exc`` (or as one of its causes), or
+    None when no command failed (a lock, a missing dep, a config error)."""
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    for node in _chain(exc):
+        if isinstance(node, StageCmdFailedError):
+            found = _EXIT.search(str(node))
+            return int(found.group(1)) if found else None
+    return None
+
+
+def transient_failure(exc: BaseException) -> bool:
+    """True when the DVC failure ``exc`` may pass on a retry, judged by type and exit code only.
+
+    Transient: a stage command that exited with a code in :data:`TRANSIENT_CODES` (``sod`` exits
+    :data:`~sod.errors.EXIT_TRANSIENT` on a connection or timeout error; a signal killed it); DVC's repo
+    lock held by another DVC process (``LockError``); files that failed to transfer to or from a remote
+    (``FileTransferError``: DVC counts them, the network or the remote being the cause); a ``ConnectionError``,
+    ``TimeoutError`` or :class:`~sod.errors.TransientError` anywhere in the chain. Anything else, a stage's
+    ``DataError`` (exit 2) among them, is not, whatever its message or output says.
+    """
+    from dvc.exceptions import FileTransferError
+    from dvc.lock import LockError
+
+    if stage_exit_code(exc) in TRANSIENT_CODES:
+        return True
+    return any(isinstance(node, LockError | FileTransferError) for node in _chain(exc)) or is_transient(exc)
+
+
+@contextlib.contextmanager
+def _dvc_logs_once() -> Iterator[None]:
+    """DVC prints its messages ("Running stage ...") with its own handlers; passed on to the root logger's
+    handler too (Prefect's console), every one of them would be in the run's log twice."""
+    dvc_log = logging.getLogger("dvc")
+    propagate, dvc_log.propagate = dvc_log.propagate, False
+    try:
+        yield
+    finally:
+        dvc_log.propagate = propagate
+
+
+def sync(root: Path, direction: Literal["pull", "push"]) -> None:
+    """``dvc pull --allow-missing`` (fetch the outputs the remote holds; missing ones are built by the stages)
+    or ``dvc push``, through DVC's Python API in this process, so a failure is judged by its exception.
+
+    Raises:
+        TransientError: see :func:`transient_failure` (a transfer, the network, the lock).
+        RuntimeError: any other DVC failure (no such remote, bad config).
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with _dvc_logs_once(), Repo(str(root)) as repo:
+            if direction == "pull":
+                repo.pull(allow_missing=True)
+            else:
+                repo.push()
+    except DvcException as exc:
+        reasons = ": ".join(str(node) for node in _chain(exc))
+        raise _failure(f"`dvc {direction}` failed ({reasons})", "", transient_failure(exc)) from exc
 
 
 @contextlib.contextmanager
@@ -167,7 +244,8 @@ def reproduce(stage: str, root: Path, env: dict[str, str], force: bool = False) 
         True when the stage ran (or was restored from DVC's run cache), False when it was up to date.
 
     Raises:
-        TransientError: killed by a signal, or a lock/network message in the error or the output.
+        TransientError: see :func:`transient_failure` (exit code :data:`~sod.errors.EXIT_TRANSIENT`, a signal,
+            the repo lock); never because of what the stage printed.
         RuntimeError: any other failure: the command's exit code and the last lines of its output.
     """
     # Imported here: the ablation flow imports this module but runs DVC in separate processes.
@@ -175,11 +253,7 @@ def reproduce(stage: str, root: Path, env: dict[str, str], force: bool = False) 
     from dvc.repo import Repo
 
     failure: DvcException | None = None
-    # DVC prints its messages ("Running stage ...") with its own handlers; passed on to the root logger's
-    # handler too (Prefect's console), every one of them would be in the run's log twice.
-    dvc_log = logging.getLogger("dvc")
-    propagate, dvc_log.propagate = dvc_log.propagate, False
-    with _tee_output() as output:
+    with _dvc_logs_once(), _tee_output() as output:
         try:
             with Repo(str(root)) as repo:
                 # The target names its dvc.yaml: DVC resolves a bare stage name from the working directory.
@@ -187,21 +261,15 @@ def reproduce(stage: str, root: Path, env: dict[str, str], force: bool = False) 
                 ran = bool(repo.reproduce(target, single_item=True, force=force, run_env=env))
         except DvcException as exc:
             failure = exc
-        finally:
-            dvc_log.propagate = propagate
     if failure is None:
         return ran
     # DVC's error says what failed ("failed to reproduce 'x'"), its cause how ("failed to run: <cmd>, exited
-    # with 2", "Unable to acquire lock"); read after the tee is closed, so the output is complete.
-    reasons: list[str] = []
-    cause: BaseException | None = failure
-    while cause is not None:
-        reasons.append(str(cause))
-        cause = cause.__cause__
-    found = _EXIT.search(" ".join(reasons))
-    code = int(found.group(1)) if found else None
-    headline = f"`dvc repro --single-item {stage}` failed{f' with exit code {code}' if found else ''}"
-    raise _failure(f"{headline} ({': '.join(reasons)})", code, output.decode(errors="replace")) from failure
+    # with 2", "Unable to acquire lock"); the output, complete once the tee is closed, is only shown.
+    reasons = ": ".join(str(node) for node in _chain(failure))
+    code = stage_exit_code(failure)
+    headline = f"`dvc repro --single-item {stage}` failed{'' if code is None else f' with exit code {code}'}"
+    text = output.decode(errors="replace")
+    raise _failure(f"{headline} ({reasons})", text, transient_failure(failure)) from failure
 
 
 def dag_order(dvc_yaml: Path) -> list[str]:
@@ -210,10 +278,12 @@ def dag_order(dvc_yaml: Path) -> list[str]:
     Ties keep the file's order. Raises ValueError on a cycle.
     """
     stages: dict[str, Any] = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {})
-    outs = {name: [_path(o) for o in spec.get("outs", []) + spec.get("metrics", [])] for name, spec in stages.items()}
+    outs = {
+        name: [entry_path(o) for o in spec.get("outs", []) + spec.get("metrics", [])] for name, spec in stages.items()
+    }
 
     def reads(stage: str, other: str) -> bool:
-        deps = [_path(d) for d in stages[stage].get("deps", [])]
+        deps = [entry_path(d) for d in stages[stage].get("deps", [])]
         return any(d == o or d.startswith(o + "/") or o.startswith(d + "/") for d in deps for o in outs[other])
 
     before = {s: {o for o in stages if o != s and reads(s, o)} for s in stages}
@@ -226,14 +296,16 @@ def dag_order(dvc_yaml: Path) -> list[str]:
     return order
 
 
-def _path(entry: str | dict[str, Any]) -> str:
+def entry_path(entry: str | dict[str, Any]) -> str:
+    """The path of a ``deps``/``outs``/``metrics`` entry of dvc.yaml: a plain string, or a one-key mapping of
+    the path to its options (``{"reports/x.json": {"cache": False}}``)."""
     return entry if isinstance(entry, str) else next(iter(entry))
 
 
 def stage_reports(dvc_yaml: Path) -> dict[str, list[str]]:
     """Each stage's metrics files (its ``metrics`` in dvc.yaml)."""
     stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {})
-    return {name: [_path(m) for m in spec.get("metrics", [])] for name, spec in stages.items()}
+    return {name: [entry_path(m) for m in spec.get("metrics", [])] for name, spec in stages.items()}
 
 
 def summarize(root: Path, stages: list[str]) -> dict[str, dict[str, float]]:
@@ -272,15 +344,15 @@ def run_stage(stage: str, root: Path, env: dict[str, str], force: bool = False) 
 
 
 @task(retries=3, retry_delay_seconds=20, retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
-def dvc_pull(root: Path, env: dict[str, str]) -> None:
+def dvc_pull(root: Path) -> None:
     """Fetch the cached outputs that the remote holds (missing ones are built by the stages)."""
-    run_dvc(["pull", "--allow-missing"], root, env)
+    sync(root, "pull")
 
 
 @task(retries=3, retry_delay_seconds=20, retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
-def dvc_push(root: Path, env: dict[str, str]) -> None:
+def dvc_push(root: Path) -> None:
     """Send the new outputs to the remote."""
-    run_dvc(["push"], root, env)
+    sync(root, "push")
 
 
 @flow(name="sod-pipeline")
@@ -311,7 +383,7 @@ def pipeline(
     env = command_env(repo)
     remote = has_remote(repo) if pull is None or push is None else False
     if pull if pull is not None else remote:
-        dvc_pull(repo, env)
+        dvc_pull(repo)
     parent = tracking.start_parent_run(
         f"pipeline {flow_run.get_name() or ''}".strip(),
         env["MLFLOW_TRACKING_URI"],
@@ -330,7 +402,7 @@ def pipeline(
         flat = {f"{s}.{k}": v for s, metrics in summary.items() for k, v in metrics.items()}
         tracking.end_parent_run(parent, env["MLFLOW_TRACKING_URI"], flat, failed=failed)
     if push if push is not None else remote:
-        dvc_push(repo, env)
+        dvc_push(repo)
     return summary
 
 

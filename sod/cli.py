@@ -1,7 +1,8 @@
 """The ``sod`` command: one subcommand per DVC stage.
 
 It parses arguments, loads params, calls the stage and turns a SodError into a one-line message
-with exit code 2. Paths come from the command line (dvc.yaml passes them), hyperparameters from
+with exit code 2, and a transient failure (a connection or timeout error, see sod.errors) into one with
+exit code 75. Paths come from the command line (dvc.yaml passes them), hyperparameters from
 params.yaml plus ``--set`` overrides.
 """
 
@@ -17,11 +18,9 @@ from typing import Any
 
 from sod import __version__
 from sod.config import Params, load_params
-from sod.errors import SodError
+from sod.errors import EXIT_TRANSIENT, EXIT_USAGE, SodError, is_transient
 
 log = logging.getLogger("sod")
-
-EXIT_USAGE = 2
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +40,43 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="override one param, e.g. --set augment.copy_paste.times=2 (repeatable; like `dvc exp run -S`)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help=(
+            "CPU threads for torch (default: env SOD_THREADS, else OMP_NUM_THREADS, else one per core; "
+            "train-detector: params train.threads when > 0). Give parallel stages a share of the cores each"
+        ),
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 1, got {text!r}")
+    return value
+
+
+def _thread_budget(args: argparse.Namespace, params: Params) -> int | None:
+    """The stage's CPU threads: ``--threads``, else ``train.threads`` > 0 for train-detector, else the
+    environment (see sod.runtime); None keeps torch's default.
+
+    Raises:
+        ConfigError: SOD_THREADS or OMP_NUM_THREADS is set but not an integer ≥ 1 (checked even when
+            overridden, so a bad value never passes unnoticed).
+    """
+    from sod.runtime import thread_budget
+
+    from_env = thread_budget()
+    if args.threads is not None:
+        return args.threads
+    if args.command == "train-detector" and params.train.threads > 0:
+        return params.train.threads
+    return from_env
 
 
 def _prepare(args: argparse.Namespace, params: Params) -> dict[str, Any]:
@@ -134,6 +170,17 @@ def _report(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     return report.run(params, runs_dir=Path(args.runs), table=Path(args.table), plots_dir=Path(args.plots_dir))
 
 
+def _readme(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    from sod import readme
+
+    del params  # every number comes from the committed reports and bench results, none from params
+    changed = readme.update_readme(Path(args.readme), Path(args.root), check=args.check)
+    if args.check and changed:
+        raise SodError(f"{args.readme} is stale: run `sod readme` and commit it")
+    print(f"sod readme: {args.readme} {'changed' if changed else 'up to date'}")
+    return {"changed": changed}
+
+
 def _log_run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     from sod import tracking
 
@@ -176,7 +223,7 @@ def _tracked_run(args: argparse.Namespace, params: Params) -> Any:
 
 def _track(args: argparse.Namespace, params: Params) -> None:
     """Log the finished stage to MLflow (never fails the stage; see sod.tracking). Rank 0 only under torchrun."""
-    if os.environ.get("RANK", "0") != "0" or args.command == "log-run":
+    if os.environ.get("RANK", "0") != "0" or args.command in ("log-run", "readme"):
         return
     from sod import tracking
 
@@ -196,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Small-object detection pipeline. Each subcommand is one DVC stage (see dvc.yaml); "
             "`dvc repro` runs them in order. Hyperparameters come from params.yaml, paths from the "
-            "command line. Bad input gives a one-line error and exit code 2."
+            "command line. Bad input gives a one-line error and exit code 2; a transient failure (a connection "
+            "or a timeout: a retry may pass) exit code 75."
         ),
         epilog="Run `sod <command> --help` for a stage's options.",
     )
@@ -213,7 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _common(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="output dir: train.json, val.json, images/")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output dir: train.json, val.json, images/; new, empty or a previous prepare output (.sod-owner)",
+    )
     p.add_argument("--report", required=True, metavar="JSON", help="counts per split and every cleaning count")
     p.add_argument("--sizes-csv", required=True, metavar="CSV", help="one row per instance: split, size (DVC plot)")
     p.add_argument("--sizes-png", required=True, metavar="PNG", help="histogram of object sizes")
@@ -230,24 +283,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.add_argument("--train", required=True, metavar="JSON", help="prepared train annotations")
-    p.add_argument("--out", required=True, metavar="DIR", help="output dir: train.json and new images/")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output dir: train.json and new images/; new, empty or a previous augment output (.sod-owner)",
+    )
     p.add_argument("--report", required=True, metavar="JSON", help="before/after counts, pastes placed/rejected")
     p.add_argument("--preview", required=True, metavar="PNG", help="grid of augmented images with boxes")
     p.set_defaults(func=_augment)
 
     p = sub.add_parser(
         "anchors",
-        help="fit anchor sizes/ratios to the training boxes and report best-possible recall",
+        help="fit anchors to the training boxes on the stride grid; report recall and positives per box",
         description=(
             "Fit anchors to the training boxes at the detector's input scale (k-means with 1 − IoU, then "
-            "evolution), assign them to FPN levels, and compare best-possible recall with torchvision's "
-            "default anchors. Params: anchors.*, detector.min_size/max_size/levels/fg_iou_thresh."
+            "evolution scored where the anchors really sit: each level's stride grid), assign them to FPN "
+            "levels, and compare with torchvision's default anchors: bpr_grid (share of boxes with a grid "
+            "anchor at IoU ≥ fg_iou_thresh) and positives_per_gt (anchors torchvision's matcher makes "
+            "positive per box), per size bucket. Params: anchors.*, detector.min_size/max_size/levels/"
+            "fg_iou_thresh."
         ),
     )
     _common(p)
     p.add_argument("--train", required=True, metavar="JSON", help="(augmented) train annotations")
     p.add_argument("--out", required=True, metavar="JSON", help="anchors per FPN level, read by the detector")
-    p.add_argument("--report", required=True, metavar="JSON", help="BPR and mean best IoU, default vs tuned")
+    p.add_argument("--report", required=True, metavar="JSON", help="grid BPR and positives per box, default vs tuned")
     p.add_argument("--plot", required=True, metavar="PNG", help="GT box sizes with the anchors over them")
     p.set_defaults(func=_anchors)
 
@@ -257,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train an SR network (SRCNN, ESPCN or FSRCNN) on patches of the training images, biased toward "
             "small objects, with pixel MSE plus a perceptual loss; score PSNR/SSIM against bicubic on the val "
-            "images, whole and on small-object boxes. Resumes from --checkpoint after a kill. Params: sr.*."
+            "images, whole and on small-object boxes. Resumes from --checkpoint (the last finished epoch) "
+            "after a kill. Params: sr.*."
         ),
     )
     _common(p)
@@ -277,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train the detector on the (augmented) train split with the anchors from `sod anchors`. AdamW or "
             "SGD, warm-up then cosine, gradient clipping, AMP on CUDA. Checkpoints every epoch into "
-            "--checkpoint-dir and resumes from there when rerun after a kill. Multi-GPU/multi-process: "
+            "--checkpoint-dir and resumes from the last finished epoch when rerun after a kill. "
+            "Multi-GPU/multi-process: "
             "`torchrun --nproc_per_node=N -m sod.cli train-detector ...`. detector.input_upscale bicubic|sr "
             "upscales every image by detector.upscale_factor first (sr: with --sr-model, fine-tuned end to end "
             "with detector.sr_finetune). Params: detector.*, train.*, augment.online.*."
@@ -292,7 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", required=True, metavar="JSON", help="final loss, images/s, wall time")
     p.add_argument("--loss-csv", required=True, metavar="CSV", help="per-epoch losses (a DVC plot)")
     p.add_argument(
-        "--checkpoint-dir", required=True, metavar="DIR", help="per-epoch checkpoints, one file per configuration"
+        "--checkpoint-dir",
+        required=True,
+        metavar="DIR",
+        help="per-epoch checkpoints, one file per configuration; new, empty or this stage's own (.sod-owner)",
     )
     p.add_argument(
         "--sr-model",
@@ -324,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--plots-dir",
         required=True,
         metavar="DIR",
-        help="pr_curves.csv/.png, recall_vs_size.csv/.png, preview.png",
+        help="pr_curves.csv/.png, recall_vs_size.csv/.png, preview.png; new, empty or this stage's own (.sod-owner)",
     )
     p.add_argument(
         "--baseline",
@@ -346,8 +412,28 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--runs", required=True, metavar="DIR", help="one <variant>.json per variant")
     p.add_argument("--table", required=True, metavar="CSV", help="one row per variant")
-    p.add_argument("--plots-dir", required=True, metavar="DIR", help="ap_vs_<lever>.png, full_vs_sliced.png")
+    p.add_argument(
+        "--plots-dir",
+        required=True,
+        metavar="DIR",
+        help="ap_vs_<lever>.png, full_vs_sliced.png; new, empty or this stage's own (.sod-owner)",
+    )
     p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "readme",
+        help="regenerate the README's results and benchmark sections from the committed reports and bench results",
+        description=(
+            "Rewrite what lies between the README's `<!-- results:begin/end -->` and `<!-- benchmarks:begin/end -->` "
+            "markers from reports/evaluate.json, train_detector.json, ablation.csv, anchors.json, train_sr.json, "
+            "augment.json and bench/results/<bench>.json; the rest of the README is untouched. A file not "
+            "committed yet is shown as not measured. --check only compares (exit 2 when stale)."
+        ),
+    )
+    p.add_argument("--readme", default="README.md", metavar="MD", help="the README to update (default: %(default)s)")
+    p.add_argument("--root", default=".", metavar="DIR", help="repo root holding reports/ and bench/ (default: .)")
+    p.add_argument("--check", action="store_true", help="do not write; exit 2 when the README is stale")
+    p.set_defaults(func=_readme)
 
     p = sub.add_parser(
         "log-run",
@@ -374,7 +460,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace, Params], dict[str, Any]] = args.func
     try:
         params = load_params(args.params, args.overrides) if hasattr(args, "params") else load_params(None)
-        func(args, params)
+        if hasattr(args, "threads"):  # a stage: it runs under its thread budget, restored afterwards
+            from sod.runtime import torch_threads
+
+            with torch_threads(_thread_budget(args, params)):
+                func(args, params)
+        else:
+            func(args, params)
         _track(args, params)
     except SodError as exc:
         print(f"sod {args.command}: error: {exc}", file=sys.stderr)
@@ -382,6 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sod {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not is_transient(exc):
+            raise  # a bug: keep the traceback
+        # A lock, a peer or a server that did not answer: the same command may pass later. The distinct exit
+        # code lets a scheduler (flows/pipeline.py) retry this, and only this, without reading the output.
+        print(f"sod {args.command}: transient error, a retry may pass: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_TRANSIENT
     return 0
 
 

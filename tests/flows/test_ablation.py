@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from flows.ablation import ablation, make_workspace, variant_params
-from sod.errors import ConfigError
-from sod.io import read_json
+import flows.ablation as ablation_module
+from flows.ablation import (
+    OWNER,
+    ablation,
+    clear_results,
+    make_workspace,
+    thread_budget,
+    thread_env,
+    variant_params,
+)
+from sod.errors import ConfigError, DataError
+from sod.io import OWNER_MARKER, read_json, read_owner, write_json, write_owner_marker
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_variant_params_applies_and_validates_overrides(tiny_repo: Path) -> None:
@@ -26,6 +39,89 @@ def test_workspace_shares_the_cache_and_leaves_outputs_behind(tiny_repo: Path, t
     assert not (ws / "data" / "prepared").exists() and not (ws / "reports" / "ablation").exists()
     config = (ws / ".dvc" / "config.local").read_text()
     assert str(tiny_repo / ".dvc" / "cache") in config and "no_scm = true" in config
+
+
+def test_thread_budget_shares_the_cores() -> None:
+    assert thread_budget(2, cores=2) == 1  # the default ablation on a 2-core machine
+    assert thread_budget(1, cores=2) == 2
+    assert thread_budget(3, cores=8) == 2  # 8 // 3, rounded down: never more threads than cores
+    assert thread_budget(4, cores=2) == 1  # more processes than cores still get one thread each
+    assert thread_budget(0, cores=4) == 4
+    assert thread_env(3) == {"SOD_THREADS": "3", "OMP_NUM_THREADS": "3"}
+
+
+def _marker(directory: Path) -> dict:
+    return json.loads((directory / OWNER_MARKER).read_text())
+
+
+def test_clear_results_deletes_the_flows_old_rows_only(tmp_path: Path) -> None:
+    runs = tmp_path / "ablation"
+    runs.mkdir()
+    for name in ("old.json", "pipeline.json", ".gitkeep", "notes.txt"):
+        (runs / name).write_text("{}")
+    write_owner_marker(runs, OWNER, ["old.json", "pipeline.json"])
+    clear_results(runs, ["baseline", "pipeline"])
+    assert sorted(p.name for p in runs.iterdir()) == [".gitkeep", OWNER_MARKER, "notes.txt"]  # not .json: kept
+    assert _marker(runs) == {"stage": OWNER, "files": ["baseline.json", "pipeline.json"]}
+
+
+def test_clear_results_refuses_a_users_json_and_leaves_it(tmp_path: Path) -> None:
+    runs = tmp_path / "ablation"
+    runs.mkdir()
+    (runs / "mine.json").write_text('{"variant": "my own run"}')
+    with pytest.raises(DataError, match=r"ablation holds mine\.json, not written by the ablation flow"):
+        clear_results(runs, ["baseline"])
+    assert (runs / "mine.json").read_text() == '{"variant": "my own run"}'
+    assert not (runs / OWNER_MARKER).exists()  # nothing was changed
+    # In a directory the flow owns, a file the user added since is refused too; the flow's own old rows go.
+    write_owner_marker(runs, OWNER, ["old.json"])
+    (runs / "old.json").write_text("{}")
+    with pytest.raises(DataError, match=r"holds mine\.json,"):
+        clear_results(runs, ["baseline"])
+    assert (runs / "mine.json").read_text() == '{"variant": "my own run"}' and not (runs / "old.json").exists()
+    # Another stage's directory is not the flow's to fill.
+    write_owner_marker(runs, "report", [])
+    (runs / "mine.json").unlink()
+    with pytest.raises(DataError, match="belongs to sod stage 'report'"):
+        clear_results(runs, ["baseline"])
+
+
+def test_every_stage_process_of_a_variant_gets_its_share_of_the_cores(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The flow on a repo of params.yaml + dvc.yaml, DVC replaced by a recorder: 3 variants, 2 at a time, on 8
+    # cores give every child 8 // 2 = 4 threads.
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(REPO / name, root / name)
+    calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def fake_dvc(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+        calls.append((args, env))
+        if args[:2] == ["repro", "evaluate"]:
+            write_json(Path(cwd) / "reports" / "evaluate.json", {"AP": 0.5})
+        return ""
+
+    monkeypatch.setattr(ablation_module, "run_dvc", fake_dvc)
+    monkeypatch.setattr(ablation_module, "available_cores", lambda: 8)
+    monkeypatch.setattr(ablation_module, "WORKERS", 2)  # as the task runner was built (SOD_ABLATION_WORKERS unset)
+    monkeypatch.setenv("SOD_TRACKING", "off")
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")  # the flow's own setting does not leak into the children
+    grid = {"gamma_0": {"detector.focal.gamma": 0.0}}
+    ablation(root=str(root), grid=grid, work_dir=str(tmp_path))
+    repros = [env for args, env in calls if args == ["repro", "evaluate"]]
+    assert len(repros) == 3
+    assert all(env["SOD_THREADS"] == env["OMP_NUM_THREADS"] == "4" for env in repros)
+    runs = root / "reports" / "ablation"
+    assert read_owner(runs) == OWNER
+    assert sorted(p.name for p in runs.glob("*.json")) == ["baseline.json", "gamma_0.json", "pipeline.json"]
+    # A user's file in the way on the next run: the flow stops before any variant runs, and the file survives.
+    (runs / "mine.json").write_text('{"variant": "mine"}')
+    calls.clear()
+    with pytest.raises(DataError, match="mine.json"):
+        ablation(root=str(root), grid=grid, work_dir=str(tmp_path))
+    assert (runs / "mine.json").read_text() == '{"variant": "mine"}' and not calls
 
 
 @pytest.mark.slow
