@@ -1,4 +1,5 @@
-"""PNG figures of an evaluation: PR curves by size bucket, recall versus object size, a preview grid.
+"""PNG figures of an evaluation: PR curves by size bucket, recall versus object size (full image vs sliced), a
+preview grid.
 
 Pure drawing: the functions take DataFrames (from :class:`sod.evaluation.coco_eval.CocoEvaluator`) or
 numpy images and boxes, and write one PNG atomically. They use matplotlib's object API on the Agg canvas
@@ -19,10 +20,11 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from PIL import Image, ImageDraw
 from torchvision.ops import box_iou
 
 from sod.config import COCO_SMALL_AREA
-from sod.io import save_figure
+from sod.io import save_figure, save_png
 
 BUCKET_COLORS = {"all": "black", "small": "tab:red", "medium": "tab:orange", "large": "tab:blue"}
 GT_COLOR = "lime"
@@ -64,16 +66,24 @@ def plot_pr_curves(pr: pd.DataFrame, path: str | Path) -> None:
     _save(fig, path)
 
 
+# The recall series of ``recall_vs_size.csv`` that the figure draws, in this order: label and bar colour.
+RECALL_SERIES = {"recall_full": ("full image", "tab:blue"), "recall_sliced": ("sliced", "tab:orange")}
+
+
 def plot_recall_vs_size(rs: pd.DataFrame, path: str | Path) -> None:
-    """Recall at IoU 0.5 per bin of sqrt(GT area), with COCO's 32 and 96 px borders marked.
+    """Recall at IoU 0.5 per bin of sqrt(GT area), full image vs sliced side by side, COCO's 32 and 96 px
+    borders marked.
 
     Args:
-        rs: :meth:`CocoEvaluator.recall_vs_size` (columns ``size_min, size_max, gt_instances, recall``).
+        rs: the ``recall_vs_size.csv`` table of ``sod evaluate``: columns ``size_min, size_max,
+            gt_instances`` and ``recall_full``, plus ``recall_sliced`` when sliced inference ran (one bar
+            per series and bin; a series left out is not drawn).
         path: the PNG to write.
     """
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot()
-    if rs.empty:
+    series = [name for name in RECALL_SERIES if name in rs.columns]
+    if rs.empty or not series:
         _note(ax, "no ground truth")
     else:
         labels = [
@@ -81,8 +91,12 @@ def plot_recall_vs_size(rs: pd.DataFrame, path: str | Path) -> None:
             for lo, hi in zip(rs["size_min"], rs["size_max"], strict=True)
         ]
         x = np.arange(len(rs))
-        ax.bar(x, rs["recall"], color="tab:blue")
-        for xi, (r, n) in enumerate(zip(rs["recall"], rs["gt_instances"], strict=True)):
+        width = 0.8 / len(series)
+        for i, name in enumerate(series):
+            label, color = RECALL_SERIES[name]
+            ax.bar(x + (i - (len(series) - 1) / 2) * width, rs[name].astype(float), width, color=color, label=label)
+        top = rs[series].astype(float).max(axis=1)
+        for xi, (r, n) in enumerate(zip(top, rs["gt_instances"], strict=True)):
             ax.text(xi, r + 0.01, f"n={n}", ha="center", va="bottom", fontsize=6)
         ax.set_xticks(x, labels, rotation=60, fontsize=7)
         for border in (math.sqrt(COCO_SMALL_AREA), 96):
@@ -90,7 +104,8 @@ def plot_recall_vs_size(rs: pd.DataFrame, path: str | Path) -> None:
             at = int(np.searchsorted(rs["size_min"].to_numpy(), border))
             if 0 < at < len(rs):
                 ax.axvline(at - 0.5, color="gray", linestyle=":")
-    ax.set(ylim=(0, 1.1), xlabel="sqrt(GT area), px", ylabel="recall @ IoU 0.5", title="Recall versus object size")
+        ax.legend(fontsize=7, loc="upper left", ncol=len(series))  # one row above the bars (ylim 1.25)
+    ax.set(ylim=(0, 1.25), xlabel="sqrt(GT area), px", ylabel="recall @ IoU 0.5", title="Recall versus object size")
     fig.tight_layout()
     _save(fig, path)
 
@@ -182,3 +197,30 @@ def plot_detection_grid(
     )
     fig.tight_layout()
     _save(fig, path)
+
+
+SR_PREVIEW_CELL = 128  # px: every crop of the SR preview strip is shown at this size
+SR_PREVIEW_HEADER = 16  # px: the strip's header row of column titles
+
+
+def plot_sr_preview(rows: Sequence[Sequence[np.ndarray]], columns: Sequence[str], path: str | Path) -> None:
+    """A strip of image crops: a header of ``columns`` titles, then one row of crops per item of ``rows``.
+
+    Every crop is zoomed to :data:`SR_PREVIEW_CELL` px with nearest neighbour, so pixels stay visible. Drawn
+    with PIL rather than matplotlib: one image pixel per screen pixel, no axes.
+
+    Args:
+        rows: per row, one ``uint8 (h, w, 3)`` crop per column.
+        columns: the column titles.
+        path: the PNG to write, ``16 + 128 · len(rows)`` px high and ``128 · len(columns)`` px wide.
+    """
+    cell = SR_PREVIEW_CELL
+    canvas = Image.new("RGB", (len(columns) * cell, SR_PREVIEW_HEADER + len(rows) * cell), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(columns):
+        draw.text((c * cell + 4, 2), title, fill="black")
+    for r, row in enumerate(rows):
+        for c, crop in enumerate(row):
+            tile = Image.fromarray(crop).resize((cell, cell), Image.Resampling.NEAREST)
+            canvas.paste(tile, (c * cell, SR_PREVIEW_HEADER + r * cell))
+    save_png(path, np.asarray(canvas))

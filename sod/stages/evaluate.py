@@ -2,10 +2,12 @@
 
 Scale conventions. Each val image is first resized exactly as the detector resizes its inputs
 (``detector.min_size``/``max_size``; a no-op for the embedded 320 px scenes); everything after that is
-relative to this *model scale*: ``evaluate.scales`` are the full-image pyramid, and each tile of
-``evaluate.sliced.tile`` px is resized by ``evaluate.sliced.upscale`` (160 px tiles at 2× are seen at
-the 320 px the detector trained on, the way SAHI feeds tiles to a detector). The detector itself then
-runs without resizing again, and boxes are mapped back to the original image pixels. A detector with an
+relative to this *model scale*: ``evaluate.scales`` are the full-image pyramid, and tiles of
+``evaluate.sliced.tile`` px are cut from the model-scale image and kept at that scale by default
+(``evaluate.sliced.upscale: null``: a tile gets the same factor as the full image, so its objects look as
+they did in training); a number resizes tiles by that much more (2.0: 160 px tiles seen at 320 px, SAHI's
+way, but objects at twice their training scale). The detector itself then runs without resizing again,
+and boxes are mapped back to the original image pixels. A detector with an
 upscaling front end (``detector.input_upscale``) upscales whatever it gets (image or tile) by its factor first.
 
 SR's control: for a detector with SR input, the same detector is scored again with bicubic input at the same
@@ -28,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from sod.config import Params
 from sod.data.coco import image_path
@@ -38,14 +40,17 @@ from sod.engine import resolve_device
 from sod.evaluation import plots
 from sod.evaluation.coco_eval import CocoEvaluator
 from sod.evaluation.sliced import SlicedPredictor
-from sod.io import load_rgb, read_json, write_csv, write_json
+from sod.io import claim_dir, finish_dir, load_rgb, read_json, write_csv, write_json
 from sod.models.anchors import input_scale
 from sod.models.detector import load_detector
 from sod.models.upscale import UpscaledDetector, bicubic_input
+from sod.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 Prediction = dict[str, torch.Tensor]
+# What run writes under plots_dir (its .sod-owner marker lists them).
+PLOT_FILES = ["pr_curves.csv", "pr_curves.png", "recall_vs_size.csv", "recall_vs_size.png", "preview.png"]
 
 
 def run(
@@ -61,6 +66,7 @@ def run(
 ) -> dict[str, Any]:
     """Score the model (and optionally a baseline model) on ``val_json``; returns the report."""
     ecfg = params.evaluate
+    claim_dir(plots_dir, "evaluate")  # a non-empty plots_dir without evaluate's marker is refused up front
     device = resolve_device(ecfg.device)
     model, meta = load_detector(model_path, device)
     gt = read_json(val_json)
@@ -74,18 +80,38 @@ def run(
     full_eval: CocoEvaluator = extras["full"]
     write_csv(per_class, full_eval.per_class_table())
     write_json(detections, full_eval.detections())
-    plots_dir.mkdir(parents=True, exist_ok=True)
     pr = full_eval.pr_curves()
     write_csv(plots_dir / "pr_curves.csv", pr)
     plots.plot_pr_curves(pr, plots_dir / "pr_curves.png")
-    rs = full_eval.recall_vs_size().rename(columns={"recall": "recall_full", "matched": "matched_full"})
-    if "sliced" in extras:
-        rs_sliced = extras["sliced"].recall_vs_size()
-        rs["recall_sliced"] = rs_sliced["recall"].to_numpy() if not rs_sliced.empty else []
+    sliced_eval: CocoEvaluator | None = extras.get("sliced")
+    rs = recall_vs_size_table(full_eval.recall_vs_size(), sliced_eval.recall_vs_size() if sliced_eval else None)
     write_csv(plots_dir / "recall_vs_size.csv", rs)
-    plots.plot_recall_vs_size(rs.rename(columns={"recall_full": "recall"}), plots_dir / "recall_vs_size.png")
+    plots.plot_recall_vs_size(rs, plots_dir / "recall_vs_size.png")
     plots.plot_detection_grid(extras["preview"], plots_dir / "preview.png")
+    finish_dir(plots_dir, "evaluate", PLOT_FILES)
     return result
+
+
+def recall_vs_size_table(full: pd.DataFrame, sliced: pd.DataFrame | None) -> pd.DataFrame:
+    """The ``recall_vs_size.csv`` table: full-image and sliced recall per size bin, side by side.
+
+    Args:
+        full, sliced: :meth:`CocoEvaluator.recall_vs_size` of the full-image and the sliced pass (columns
+            ``size_min, size_max, gt_instances, matched, recall``); ``sliced`` None when sliced inference is off.
+
+    Returns:
+        columns ``size_min, size_max, gt_instances, matched_full, recall_full`` and, with ``sliced``,
+        ``matched_sliced, recall_sliced``; one row per bin of ``full``.
+    """
+    rs = full.rename(columns={"matched": "matched_full", "recall": "recall_full"})
+    if sliced is None:
+        return rs
+    # Both passes score the same GT, so their bins are the same; join on the bin edges all the same, so a bin
+    # can never pair with another bin's recall.
+    sliced = sliced.rename(columns={"matched": "matched_sliced", "recall": "recall_sliced"})
+    return rs.merge(
+        sliced[["size_min", "size_max", "matched_sliced", "recall_sliced"]], on=["size_min", "size_max"], how="left"
+    )
 
 
 def _score(
@@ -121,7 +147,7 @@ def _score(
         anns_by_image.setdefault(a["image_id"], []).append(a)
     batch = max(1, ecfg.batch_size)
     with torch.inference_mode():
-        for start in tqdm(range(0, len(images), batch), desc="evaluate", disable=not progress, leave=False):
+        for start in progress_bar(range(0, len(images), batch), desc="evaluate", unit="batch", enabled=progress):
             chunk = images[start : start + batch]
             arrays = [load_rgb(image_path(val_json, im["file_name"])) for im in chunk]
             tensors, factors = zip(*(_to_model_scale(a, dcfg, device, model) for a in arrays), strict=True)
@@ -184,6 +210,7 @@ def _native_size_predict_fn(model: torch.nn.Module) -> Callable[[Sequence[torch.
 
     torchvision detectors resize every input to ``min_size``; here inputs of one shape share a call with
     ``min_size``/``max_size`` set to that shape, so the resize is the identity and the caller decides scale.
+    Detections of label 0 (no class) are dropped.
     """
 
     def predict(images: Sequence[torch.Tensor]) -> list[Prediction]:
@@ -194,7 +221,10 @@ def _native_size_predict_fn(model: torch.nn.Module) -> Callable[[Sequence[torch.
         for (h, w), idx in by_shape.items():
             with _transform_size(model, min(h, w), max(h, w)):
                 for i, o in zip(idx, model([images[i] for i in idx]), strict=True):
-                    out[i] = o
+                    # Label 0 is no class, but torchvision's RetinaNet scores it like the others (its logit only
+                    # ever sees negatives) and returns it above a low score_thresh: drop it here.
+                    keep = o["labels"] > 0
+                    out[i] = {k: v[keep] for k, v in o.items()}
         return out  # type: ignore[return-value]
 
     return predict

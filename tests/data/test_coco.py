@@ -54,6 +54,7 @@ CONVERTED = {
     "rgba_image": "rgba",
     "palette_image": "palette",
     "gray16_image": "16bit",
+    "cmyk_image": "cmyk",
 }
 
 

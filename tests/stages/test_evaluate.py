@@ -1,4 +1,5 @@
-"""`sod evaluate` on the tiny pipeline: report keys, re-scoring by plain pycocotools, plots, baseline column."""
+"""`sod evaluate` on the tiny pipeline: report keys, re-scoring by plain pycocotools, the data and series behind
+every figure, a baseline column that scores the baseline model."""
 
 from __future__ import annotations
 
@@ -8,36 +9,73 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from sod.evaluation.plots import RECALL_SERIES
 from sod.io import read_json
+from sod.stages.evaluate import _native_size_predict_fn
+from tests.evaluation.test_plots import (
+    _assert_png,
+    _pixels,
+    check_object_sizes,
+    check_pr_curves,
+    check_recall_vs_size,
+    check_train_loss,
+)
 from tests.stages.conftest import sod
 from tests.stages.test_train_detector import _train
 
 KEYS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
+AR_KEYS = ("AR_1", "AR_10", "AR_100", "AR_300", "AR_small", "AR_medium", "AR_large")
+BASELINE_DETS = 5
+BASELINE = ("--set", "train.seed=1", "--set", f"detector.detections_per_img={BASELINE_DETS}")
 
 
-@pytest.fixture(scope="module")
-def evaluated(tiny_pipeline: Path) -> dict[str, Path]:
-    root = tiny_pipeline
-    model = root / "models" / "eval_model.pt"
-    if not model.exists():
-        # Score threshold 0: the one-epoch model's scores sit near the focal prior (0.01); keep them all.
-        assert _train(root, "eval_model", "--set", "detector.score_thresh=0.0")[0] == 0
+def _evaluate(root: Path, model: Path, name: str, *extra: str) -> dict[str, Path]:
     paths = {
-        "report": root / "reports/evaluate.json",
-        "per_class": root / "reports/per_class.csv",
-        "detections": root / "reports/detections.json",
-        "plots": root / "reports/plots/evaluate",
+        "report": root / f"reports/{name}.json",
+        "per_class": root / f"reports/{name}_per_class.csv",
+        "detections": root / f"reports/{name}_detections.json",
+        "plots": root / f"reports/plots/{name}",
     }
     code = sod(
         "evaluate", "--model", str(model), "--val", str(root / "data/prepared/val.json"),
         "--report", str(paths["report"]), "--per-class", str(paths["per_class"]),
-        "--detections", str(paths["detections"]), "--plots-dir", str(paths["plots"]), "--baseline", str(model),
+        "--detections", str(paths["detections"]), "--plots-dir", str(paths["plots"]), *extra,
     )  # fmt: skip
     assert code == 0
     return paths
+
+
+@pytest.fixture(scope="module")
+def models(tiny_pipeline: Path) -> dict[str, Path]:
+    """The model under test and a genuinely different baseline: another seed (other initial weights, other
+    sample order) and at most ``BASELINE_DETS`` detections per image instead of 300, so that the two score
+    differently by construction, even where a one-epoch model's AP is 0."""
+    root, out = tiny_pipeline, {}
+    for name, extra in (("eval_model", ()), ("eval_baseline", BASELINE)):
+        out[name] = root / "models" / f"{name}.pt"
+        out[f"{name}_train"] = root / "reports" / f"{name}.json"
+        if not out[name].exists():
+            # Score threshold 0: the one-epoch model's scores sit near the focal prior (0.01); keep them all.
+            code, _ = _train(root, name, "--set", "detector.score_thresh=0.0", *extra)
+            assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_pipeline: Path, models: dict[str, Path]) -> dict[str, Path]:
+    return _evaluate(tiny_pipeline, models["eval_model"], "evaluate", "--baseline", str(models["eval_baseline"]))
+
+
+@pytest.fixture(scope="module")
+def baseline_alone(tiny_pipeline: Path, models: dict[str, Path]) -> dict[str, Path]:
+    """The baseline model evaluated on its own, full image only (the baseline column has no sliced pass)."""
+    return _evaluate(
+        tiny_pipeline, models["eval_baseline"], "evaluate_baseline", "--set", "evaluate.sliced.enabled=false"
+    )
 
 
 def test_report_has_full_and_sliced_metrics(evaluated: dict[str, Path]) -> None:
@@ -47,8 +85,26 @@ def test_report_has_full_and_sliced_metrics(evaluated: dict[str, Path]) -> None:
             assert k in section and (section[k] is None or 0.0 <= section[k] <= 1.0)
     assert report["max_dets"] == 300
     assert report["detections"] > 0
-    # The same model as "baseline" scores exactly the same on the full-image pass.
-    assert all(report["baseline"][k] == report[k] for k in KEYS)
+
+
+def test_baseline_column_scores_the_baseline_model(
+    evaluated: dict[str, Path], baseline_alone: dict[str, Path], models: dict[str, Path]
+) -> None:
+    report, alone = read_json(evaluated["report"]), read_json(baseline_alone["report"])
+    baseline = report["baseline"]
+    assert baseline["model"] == str(models["eval_baseline"])
+    assert "sliced" not in baseline
+    # The baseline column is what the baseline model scores by itself ...
+    for k in (*KEYS, *AR_KEYS, "images", "gt_instances", "detections"):
+        assert baseline[k] == alone[k], k
+    # ... and the comparison shows that it is another model: at most BASELINE_DETS boxes per image where the
+    # model keeps 300 (score threshold 0), and not the model's own best boxes (other weights, other scores).
+    assert 0 < baseline["detections"] <= BASELINE_DETS * report["images"] < report["detections"]
+
+    def boxes(path: Path) -> set[tuple]:
+        return {(d["image_id"], d["category_id"], *d["bbox"], d["score"]) for d in read_json(path)}
+
+    assert boxes(baseline_alone["detections"]) - boxes(evaluated["detections"])
 
 
 def test_detections_rescore_with_plain_pycocotools(evaluated: dict[str, Path], tiny_pipeline: Path) -> None:
@@ -66,13 +122,40 @@ def test_detections_rescore_with_plain_pycocotools(evaluated: dict[str, Path], t
     assert abs(ap - report["AP"]) < 1e-9
 
 
-def test_tables_and_plots(evaluated: dict[str, Path]) -> None:
+def test_tables_and_plots(evaluated: dict[str, Path], tiny_pipeline: Path) -> None:
+    report = read_json(evaluated["report"])
     per_class = pd.read_csv(evaluated["per_class"])
-    assert len(per_class) == 11 and "AP_small" in per_class.columns
+    categories = read_json(tiny_pipeline / "data/prepared/val.json")["categories"]
+    assert list(per_class["category_id"]) == [c["id"] for c in categories] and "AP_small" in per_class.columns
+    check_pr_curves(pd.read_csv(evaluated["plots"] / "pr_curves.csv"), report)
     rs = pd.read_csv(evaluated["plots"] / "recall_vs_size.csv")
-    assert {"size_min", "recall_full", "recall_sliced"} <= set(rs.columns)
+    check_recall_vs_size(rs, report)
+    assert list(rs.columns) == [
+        "size_min", "size_max", "gt_instances", "matched_full", "recall_full", "matched_sliced", "recall_sliced",
+    ]  # fmt: skip
     for name in ("pr_curves.png", "recall_vs_size.png", "preview.png"):
-        assert (evaluated["plots"] / name).read_bytes()[:4] == b"\x89PNG"
+        _assert_png(evaluated["plots"] / name)
+    # Sliced inference on: the figure draws both series (each at least in the legend).
+    for _, color in RECALL_SERIES.values():
+        assert _pixels(evaluated["plots"] / "recall_vs_size.png", color) > 0
+
+
+def test_figure_data_without_sliced_inference(baseline_alone: dict[str, Path]) -> None:
+    report = read_json(baseline_alone["report"])
+    assert "sliced" not in report
+    check_pr_curves(pd.read_csv(baseline_alone["plots"] / "pr_curves.csv"), report)
+    rs = pd.read_csv(baseline_alone["plots"] / "recall_vs_size.csv")
+    check_recall_vs_size(rs, report)
+    assert "recall_sliced" not in rs.columns
+    png = baseline_alone["plots"] / "recall_vs_size.png"
+    assert _pixels(png, RECALL_SERIES["recall_full"][1]) > 0 and _pixels(png, RECALL_SERIES["recall_sliced"][1]) == 0
+
+
+def test_upstream_figure_data_of_the_tiny_pipeline(tiny_pipeline: Path, models: dict[str, Path]) -> None:
+    """The CSVs behind the prepare and training figures, as the tiny pipeline's stages wrote them."""
+    reports = tiny_pipeline / "reports"
+    check_object_sizes(pd.read_csv(reports / "sizes.csv"), read_json(reports / "prepare.json"))
+    check_train_loss(pd.read_csv(reports / "eval_model_loss.csv"), read_json(models["eval_model_train"]))
 
 
 def test_sr_input_model_is_also_scored_with_bicubic_input(tiny_pipeline: Path, sr_input: dict[str, Path]) -> None:
@@ -92,5 +175,43 @@ def test_sr_input_model_is_also_scored_with_bicubic_input(tiny_pipeline: Path, s
     assert max(d["bbox"][0] + d["bbox"][2] for d in dets) <= 128 + 1e-3
 
 
+def test_label_zero_is_dropped_from_predictions() -> None:
+    """torchvision's RetinaNet returns its unused label 0 at a low score threshold; no evaluation sees it."""
+
+    class Fake(torch.nn.Module):
+        transform = type("T", (), {"min_size": (320,), "max_size": 320})()
+
+        def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+            boxes = torch.tensor([[0.0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 6, 6]])
+            labels, scores = torch.tensor([1, 0, 2]), torch.tensor([0.3, 0.2, 0.1])
+            return [{"boxes": boxes, "labels": labels, "scores": scores} for _ in images]
+
+    (out,) = _native_size_predict_fn(Fake())([torch.zeros(3, 8, 8)])
+    assert out["labels"].tolist() == [1, 2] and out["scores"].tolist() == pytest.approx([0.3, 0.1])
+    assert out["boxes"].tolist() == [[0, 0, 4, 4], [2, 2, 6, 6]]
+
+
 def test_plain_model_has_no_bicubic_control(evaluated: dict[str, Path]) -> None:
     assert "bicubic_input" not in read_json(evaluated["report"])
+
+
+def test_plots_dir_is_marked_and_a_users_plots_dir_is_refused(
+    evaluated: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sod.io import OWNER_MARKER
+    from sod.stages.evaluate import PLOT_FILES
+
+    assert read_json(evaluated["plots"] / OWNER_MARKER) == {"stage": "evaluate", "files": sorted(PLOT_FILES)}
+    user = tmp_path / "plots"
+    user.mkdir()
+    (user / "preview.png").write_bytes(b"the user's")  # one of evaluate's names, but no marker: not sod's
+    code = sod(
+        "evaluate", "--model", str(evaluated["report"]), "--val", str(tmp_path / "val.json"),
+        "--report", str(tmp_path / "r.json"), "--per-class", str(tmp_path / "pc.csv"),
+        "--detections", str(tmp_path / "d.json"), "--plots-dir", str(user),
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(user) in err
+    assert [p.name for p in user.iterdir()] == ["preview.png"] and (user / "preview.png").read_bytes() == b"the user's"
+    assert not (tmp_path / "r.json").exists()  # refused before scoring anything

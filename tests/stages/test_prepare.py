@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from pycocotools.coco import COCO
 
 from sod.cli import main
-from sod.io import read_json
+from sod.io import files_under, read_json, read_owner
 
 TINY = ["data.embedded.images=8", "data.embedded.image_size=128", "prepare.val_fraction=0.25"]
 
@@ -97,7 +99,12 @@ def test_two_runs_are_byte_identical(prepared: dict[str, Path], tmp_path: Path) 
 
 def test_rerun_replaces_its_own_output_but_not_a_foreign_dir(tmp_path: Path, capsys) -> None:
     assert _run(tmp_path)[0] == 0
-    assert _run(tmp_path)[0] == 0  # a second run over its own output is fine
+    out = tmp_path / "prepared"
+    assert read_owner(out) == "prepare"
+    code, _ = _run(tmp_path, extra=["prepare.val_fraction=0.5"])
+    assert code == 0  # a second run over its own output replaces it
+    assert len(read_json(out / "val.json")["images"]) == 4  # the new split, not the old one (2)
+    assert read_json(out / ".sod-owner")["files"] == files_under(out)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
@@ -125,3 +132,48 @@ def test_help_explains_every_option(capsys) -> None:
         "--sizes-png",
     ):
         assert word in text
+
+
+def test_a_users_coco_folder_as_out_is_refused_and_kept(tmp_path: Path, capsys) -> None:
+    # The reported data loss: an --out holding exactly images/ and train.json was deleted, images and all.
+    user = tmp_path / "mycoco"
+    (user / "images").mkdir(parents=True)
+    (user / "images" / "0001.jpg").write_bytes(b"my photo")
+    (user / "train.json").write_text('{"images": [], "annotations": [], "categories": []}')
+    code, paths = _run(tmp_path, out_name="mycoco")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(user) in err and "Traceback" not in err
+    assert (user / "images" / "0001.jpg").read_bytes() == b"my photo"
+    assert sorted(p.name for p in user.iterdir()) == ["images", "train.json"]
+    assert not paths["report"].exists()  # refused before any work
+
+
+def test_a_cmyk_jpeg_becomes_8bit_rgb_and_is_counted(tmp_path: Path) -> None:
+    """The README's bad-input row "CMYK images: converted to 8-bit RGB PNG, counted in images_converted", on the
+    corpus case tests/data/bad_coco/cmyk_image.json (two good images and a CMYK JPEG of good.png's pixels)."""
+    corpus = Path(__file__).resolve().parents[1] / "data" / "bad_coco"
+    code, paths = _run(
+        tmp_path,
+        extra=[
+            "data.source=coco",
+            f"data.coco.train_annotations={corpus / 'cmyk_image.json'}",
+            f"data.coco.train_images={corpus / 'images'}",
+        ],
+    )
+    assert code == 0
+    report = read_json(paths["report"])
+    assert report["cleaning"]["images_converted"] == {"cmyk": 1}
+    assert report["cleaning"]["images_converted_total"] == 1
+    cocos = [read_json(paths["out"] / f"{split}.json") for split in ("train", "val")]
+    (entry,) = [im for d in cocos for im in d["images"] if im["id"] == 3]
+    assert entry["file_name"].endswith("cmyk.png") and (entry["width"], entry["height"]) == (64, 48)
+    with Image.open(paths["out"] / entry["file_name"]) as im:
+        assert (im.format, im.mode, im.size) == ("PNG", "RGB", (64, 48))
+        rgb = np.asarray(im)
+    assert rgb.dtype == np.uint8
+    # Its pixels are good.png's up to JPEG's loss at quality 95 (measured: mean 1.5, max 8); a CMYK file read
+    # with inverted channels (the Adobe-marker mistake) would be off by about 127 on average.
+    with Image.open(corpus / "images" / "good.png") as im:
+        diff = np.abs(rgb.astype(int) - np.asarray(im).astype(int))
+    assert diff.mean() < 3 and diff.max() <= 24

@@ -56,6 +56,9 @@ def make_images() -> None:
     Image.fromarray(np.dstack([rgb, np.full((48, 64), 128, np.uint8)])).save(IMAGES / "rgba.png")
     Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(IMAGES / "palette.png")
     Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(IMAGES / "gray16.png")
+    # CMYK comes as JPEG (print workflows; PNG cannot hold CMYK). Pillow's RGB -> CMYK is C = 255 - R, ...,
+    # K = 0, so the RGB pixels come back up to JPEG's loss.
+    Image.fromarray(rgb).convert("CMYK").save(IMAGES / "cmyk.jpg", quality=95)
     # A PNG cut in half: PIL opens the header but fails to decode.
     full = (IMAGES / "good.png").read_bytes()
     (IMAGES / "corrupt.png").write_bytes(full[: len(full) // 2])
@@ -108,6 +111,7 @@ def cases() -> dict[str, dict | str]:
     c["rgba_image"] = with_image("rgba.png")
     c["palette_image"] = with_image("palette.png")
     c["gray16_image"] = with_image("gray16.png")
+    c["cmyk_image"] = with_image("cmyk.jpg")
     d = with_box([10, 10, 20, 20])
     d["annotations"][-1]["segmentation"] = [[10, 10, 30]]
     c["malformed_segmentation"] = d
