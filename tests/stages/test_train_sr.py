@@ -148,14 +148,25 @@ def test_rerun_resumes_from_checkpoint(
     assert killed["preview"].read_bytes() == full["preview"].read_bytes()
 
 
-def test_checkpoint_from_other_params_is_refused(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+def test_checkpoint_from_other_params_is_trained_over_and_a_foreign_file_refused(
+    dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """checkpoints/sr.pt outlives a run: new sr params train from scratch over sod's own checkpoint (same
+    model as a run that never saw it), while a file that is not a sod checkpoint is refused and kept."""
     train, val = dataset
-    paths = _paths(tmp_path)
+    other = [*_overrides(), "sr.epochs=1", "sr.lr=0.01"]
+    paths = _paths(tmp_path / "a")
     train_sr.run(load_params(None, [*_overrides(), "sr.epochs=1"]), train, val, **paths, progress=False)
-    with pytest.raises(SodError, match="differs in: lr"):
-        train_sr.run(
-            load_params(None, [*_overrides(), "sr.epochs=1", "sr.lr=0.01"]), train, val, **paths, progress=False
-        )
+    train_sr.run(load_params(None, other), train, val, **paths, progress=False)
+    fresh = _paths(tmp_path / "b")
+    train_sr.run(load_params(None, other), train, val, **fresh, progress=False)
+    assert paths["out"].read_bytes() == fresh["out"].read_bytes()
+    foreign = _paths(tmp_path / "c")
+    foreign["checkpoint"].parent.mkdir(parents=True, exist_ok=True)
+    foreign["checkpoint"].write_text("a user's notes")
+    with pytest.raises(SodError, match="cannot read checkpoint"):
+        train_sr.run(load_params(None, other), train, val, **foreign, progress=False)
+    assert foreign["checkpoint"].read_text() == "a user's notes"
 
 
 # ---------------------------------------------------------- the real command in child processes, killed
