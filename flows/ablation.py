@@ -7,8 +7,9 @@ before (by the repo or another variant) is restored from DVC's run cache instead
 ``reports/evaluate.json`` and params land in ``reports/ablation/<variant>.json``; then the ``report`` stage
 builds ``reports/ablation.csv`` and the figures and logs them to MLflow.
 
-Two variants are always added: ``baseline`` (torchvision's defaults: default anchors, no oversampling, no
-copy-paste, no SR front end, full-image inference only) and ``pipeline`` (params.yaml as it is).
+Two variants are always added: ``baseline`` (torchvision's defaults: default anchors, matcher IoU 0.5/0.4,
+pyramid from P3, no oversampling, no copy-paste, no SR front end, full-image inference only; the same
+backbone, input size, head and budget as ``pipeline``) and ``pipeline`` (params.yaml as it is).
 
 Concurrency: ``SOD_ABLATION_WORKERS`` variants at a time (default 2: one per GPU of a worker, or the CPU
 cores of a small machine). The variants share the CPU cores: with N of them at once, every stage process of a
@@ -48,6 +49,10 @@ BASELINE: dict[str, Any] = {
     "evaluate.sliced.enabled": False,
     "detector.input_upscale": "none",  # no SR front end, even when params.yaml turns one on
     "detector.sr_finetune": False,
+    # torchvision RetinaNet's matcher and pyramid (P3 up; its P6/P7 serve objects far above 320 px scenes)
+    "detector.fg_iou_thresh": 0.5,
+    "detector.bg_iou_thresh": 0.4,
+    "detector.levels": [3, 4, 5],
 }
 # The survey's levers, one at a time against params.yaml (the `pipeline` row).
 DEFAULT_GRID: dict[str, dict[str, Any]] = {
@@ -59,6 +64,9 @@ DEFAULT_GRID: dict[str, dict[str, Any]] = {
     "gamma_1": {"detector.focal.gamma": 1.0},
     "gamma_5": {"detector.focal.gamma": 5.0},
     "anchors_default": {"anchors.method": "default"},
+    "anchors_3_per_level": {"anchors.anchors_per_level": 3},
+    "matcher_05_04": {"detector.fg_iou_thresh": 0.5, "detector.bg_iou_thresh": 0.4},
+    "stride4_level": {"detector.levels": [2, 3, 4, 5]},
     # The SR front end against its bicubic control, both ×2 (the network sees 640 px: 4× the compute). The front
     # end upscales sliced inference's tiles too, so the tiles are not resized again (160 px tiles seen at 320).
     "input_bicubic": {"detector.input_upscale": "bicubic", "evaluate.sliced.upscale": 1.0},
