@@ -66,7 +66,7 @@ DEFAULT_GRID: dict[str, dict[str, Any]] = {
     "anchors_default": {"anchors.method": "default"},
     "anchors_3_per_level": {"anchors.anchors_per_level": 3},
     "matcher_05_04": {"detector.fg_iou_thresh": 0.5, "detector.bg_iou_thresh": 0.4},
-    "stride4_level": {"detector.levels": [2, 3, 4, 5]},
+    "no_stride4_level": {"detector.levels": [3, 4, 5]},
     # The SR front end against its bicubic control, both ×2 (the network sees 640 px: 4× the compute). The front
     # end upscales sliced inference's tiles too, so the tiles are not resized again (160 px tiles seen at 320).
     "input_bicubic": {"detector.input_upscale": "bicubic", "evaluate.sliced.upscale": 1.0},

@@ -78,8 +78,9 @@ def test_stage_writes_three_files_and_is_deterministic(tmp_path: Path) -> None:
     anchors = read_json(paths["out"])
     assert list(anchors) == ["method", "levels", "strides", "anchors_wh", "min_size", "max_size"]
     assert anchors["method"] == "kmeans"
-    assert anchors["levels"] == [3, 4, 5] and anchors["strides"] == [8, 16, 32]
-    assert [len(level) for level in anchors["anchors_wh"]] == [3, 3, 3]
+    levels = load_params(PARAMS).detector.levels
+    assert anchors["levels"] == levels and anchors["strides"] == [2**level for level in levels]
+    assert [len(level) for level in anchors["anchors_wh"]] == [3] * len(levels)
     for stride, level in zip(anchors["strides"], anchors["anchors_wh"], strict=True):
         assert all(w >= stride / 2 and h >= stride / 2 for w, h in level)
 
@@ -97,7 +98,7 @@ def test_stage_writes_three_files_and_is_deterministic(tmp_path: Path) -> None:
     boxes = load_boxes(train, 320, 320)
     per_level = [np.array(level) for level in anchors["anchors_wh"]]
     assert anchor_metrics(boxes.wh, boxes.areas, np.concatenate(per_level), FG).items() <= report["tuned"].items()
-    assert grid_metrics(boxes, [8, 16, 32], per_level, FG).items() <= report["tuned"].items()
+    assert grid_metrics(boxes, anchors["strides"], per_level, FG).items() <= report["tuned"].items()
 
     code, again = _run(tmp_path, train, "run2")
     assert code == 0
@@ -169,7 +170,9 @@ def test_fewer_boxes_than_anchors_still_writes_a_full_set(tmp_path: Path) -> Non
     train = _tiny_coco(tmp_path / "train.json", n_boxes=4)
     code, paths = _run(tmp_path, train, "few")
     assert code == 0
-    assert [len(level) for level in read_json(paths["out"])["anchors_wh"]] == [3, 3, 3]
+    assert [len(level) for level in read_json(paths["out"])["anchors_wh"]] == [3] * len(
+        load_params(PARAMS).detector.levels
+    )
     assert read_json(paths["report"])["tuned"]["bpr"] == 1.0  # every box shape became an anchor
 
 
