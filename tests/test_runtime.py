@@ -56,7 +56,8 @@ def test_torch_threads_sets_and_restores() -> None:
     with torch_threads(None):
         assert torch.get_num_threads() == 1
     with pytest.raises(ValueError, match="at least 1"), torch_threads(0):
-        pass
+        raise AssertionError("torch_threads(0) must refuse before its block runs")
+    assert torch.get_num_threads() == 1
 
 
 # ----------------------------------------------------------------------- the budget around a stage command
