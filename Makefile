@@ -20,10 +20,10 @@ export PATH := $(BIN):$(PATH)
 # pip on this machine lists every local index it skips; keep the log readable.
 PIP_QUIET := { grep -v "^WARNING: Location" || true; }
 
-.PHONY: help venv run test lint bench clean
+.PHONY: help venv run test lint bench clean ablation
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 needed (set PYTHON=...)"; exit 1; }
@@ -37,6 +37,10 @@ venv: $(STAMP)  ## create .venv and install sod with its dev tools (only when py
 
 run: $(STAMP)  ## run the whole DAG on the dataset in params.yaml (embedded by default) with DVC
 	dvc repro
+
+ablation: $(STAMP)  ## the ablation flow, then `sod readme` (ARGS="--variants --seeds 0 1 2"; python -m flows.ablation --help)
+	python -m flows.ablation $(ARGS)
+	sod readme
 
 test: $(STAMP)  ## run the test suite
 	pytest -q

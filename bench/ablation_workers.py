@@ -52,7 +52,7 @@ def warm_up() -> None:
 
 warm_up()
 start = time.perf_counter()
-ablation(root=sys.argv[1], grid={}, work_dir=sys.argv[2])
+ablation(root=sys.argv[1], grid={}, work_dir=sys.argv[2], seeds=[0])
 print(f"WALL {time.perf_counter() - start:.3f}")
 """
 

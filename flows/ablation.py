@@ -24,9 +24,15 @@ there that the flow did not write (a row ``sod report`` would read) stops the fl
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import os
 import shutil
+import statistics
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +43,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.pipeline import command_env, entry_path, run_dvc
 from sod import tracking
 from sod.config import Params, flatten, from_dict, to_dict
-from sod.errors import DataError
-from sod.io import read_json, read_owner, remove_owned, write_json, write_owner_marker
+from sod.errors import ConfigError, DataError
+from sod.io import owned_files, read_json, read_owner, remove_owned, write_json, write_owner_marker
 
 RUNS_DIR = "reports/ablation"
 OWNER = "ablation"  # the name in RUNS_DIR's .sod-owner marker: this flow, not a DVC stage, writes those files
@@ -74,6 +80,8 @@ DEFAULT_GRID: dict[str, dict[str, Any]] = {
     "input_sr_finetune": {"detector.input_upscale": "sr", "detector.sr_finetune": True, "evaluate.sliced.upscale": 1.0},
 }
 WORKERS = int(os.environ.get("SOD_ABLATION_WORKERS", "2"))
+# Training seeds of the references (and of the levers whose effect is within the noise): SOD_ABLATION_SEEDS="0,1,2".
+SEEDS = [int(s) for s in os.environ.get("SOD_ABLATION_SEEDS", "0,1,2").split(",") if s.strip()]
 # Never copied into a variant's workspace: the repo's metadata, caches and results of other runs.
 _SKIP = {".git", ".venv", ".dvc/cache", ".dvc/tmp", RUNS_DIR, "mlflow.db", "mlruns", ".mlflow_pending", ".prefect"}
 
@@ -123,13 +131,18 @@ def thread_env(threads: int) -> dict[str, str]:
     return {"SOD_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
 
 
-def clear_results(runs_dir: Path, variants: list[str]) -> None:
+def clear_results(runs_dir: Path, names: list[str], keep: set[str] | frozenset[str] = frozenset()) -> None:
     """Make ``runs_dir`` ready for this grid: delete the previous grid's results, mark this grid's as the flow's.
 
     Every ``*.json`` in ``runs_dir`` is a row of the table ``sod report`` builds, so a previous grid's would mix
     with this one. One is deleted only if the flow wrote it (:func:`sod.io.remove_owned`: listed in the
-    directory's marker of :data:`OWNER`). The marker then lists this grid's ``<variant>.json`` files from the
+    directory's marker of :data:`OWNER`). The marker then lists this grid's result files (``names``) from the
     start, so a run stopped halfway still owns what it wrote. Other files (``.gitkeep``, notes) are left alone.
+
+    Args:
+        runs_dir: ``reports/ablation``.
+        names: the result files this grid may write (:func:`result_name`).
+        keep: names of the flow's results to leave in place (``resume``: reused when params and code match).
 
     Raises:
         DataError: a ``*.json`` the flow did not write, named; it is left as it is, and no variant runs.
@@ -139,16 +152,18 @@ def clear_results(runs_dir: Path, variants: list[str]) -> None:
     if owner not in (None, OWNER):
         raise DataError(f"refusing to run the ablation: {runs_dir} belongs to sod stage {owner!r} (nothing changed)")
     stale = sorted(runs_dir.glob("*.json"))
-    if stale and owner != OWNER:  # nothing here is provably the flow's: touch nothing
-        foreign = [p.name for p in stale]
-    else:
-        foreign = [p.name for p in stale if not remove_owned(p, OWNER)]
-    if foreign:
+    owned = set(owned_files(runs_dir, OWNER))
+    foreign = [p.name for p in stale if p.name not in owned]
+    if foreign:  # checked before anything is deleted: a refused run changes nothing
         raise DataError(
             f"refusing to run the ablation: {runs_dir} holds {', '.join(foreign)}, not written by the ablation "
             "flow; `sod report` would read it as a variant: move it out (it was left as it is)"
         )
-    write_owner_marker(runs_dir, OWNER, [f"{name}.json" for name in variants])
+    kept = {p.name for p in stale if p.name in keep}
+    for path in stale:
+        if path.name not in kept:
+            remove_owned(path, OWNER)
+    write_owner_marker(runs_dir, OWNER, sorted(set(names) | kept))
 
 
 def _ignored(root: Path) -> set[str]:
@@ -173,16 +188,69 @@ def make_workspace(root: Path, dest: Path) -> Path:
     return dest
 
 
-@task(task_run_name="variant-{name}")
+def code_digest(root: Path) -> str:
+    """sha256 over ``dvc.yaml`` and every ``*.py`` under ``sod/`` (path and bytes, sorted): the code a variant's
+    ``dvc repro evaluate`` runs. A result recorded with another digest came from other code."""
+    h = hashlib.sha256()
+    for path in [root / "dvc.yaml", *sorted((root / "sod").rglob("*.py"))]:
+        if "__pycache__" in path.parts:
+            continue
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def result_name(variant: str, seed: int) -> str:
+    """The result file of one training seed of a variant: ``<variant>.seed<seed>.json``."""
+    return f"{variant}.seed{seed}.json"
+
+
+def reusable(path: Path, params: dict[str, Any], code: str) -> bool:
+    """Whether ``path`` is a result of exactly this run: the flow's file, same flattened params, same code."""
+    if read_owner(path.parent) != OWNER or not path.is_file():
+        return False
+    try:
+        old = read_json(path)
+    except ValueError:
+        return False
+    return isinstance(old, dict) and old.get("code") == code and old.get("params") == flatten(params)
+
+
+def within_noise(value: float | None, reference: list[float], sigmas: float = 2.0) -> bool:
+    """Whether ``value`` lies within ``sigmas`` sample standard deviations of the mean of ``reference``.
+
+    With fewer than two reference values there is no spread to compare with: True (more seeds are needed).
+    An undefined ``value`` (None: no metric) is True too.
+    """
+    if value is None or len(reference) < 2:
+        return True
+    return abs(value - statistics.fmean(reference)) <= sigmas * statistics.stdev(reference)
+
+
+@task(task_run_name="variant-{name}-seed{seed}")
 def run_variant(
-    root: Path, name: str, overrides: dict[str, Any], common: dict[str, Any], work_dir: str | None, threads: int
+    root: Path,
+    name: str,
+    seed: int,
+    overrides: dict[str, Any],
+    common: dict[str, Any],
+    work_dir: str | None,
+    threads: int,
+    code: str,
+    resume: bool = False,
 ) -> Path:
-    """Run the DAG up to ``evaluate`` for one variant in its own workspace, every stage process limited to
-    ``threads`` CPU threads (:func:`thread_env`); returns its result file."""
+    """Run the DAG up to ``evaluate`` for one training seed of one variant in its own workspace, every stage
+    process limited to ``threads`` CPU threads (:func:`thread_env`); returns its result file.
+
+    With ``resume``, a result already in :data:`RUNS_DIR` from the same params and code is kept, not rerun.
+    """
     logger = get_run_logger()
-    with tempfile.TemporaryDirectory(prefix=f"sod-ablation-{name}-", dir=work_dir) as tmp:
+    result = root / RUNS_DIR / result_name(name, seed)
+    params = variant_params(root / "params.yaml", {**common, **overrides, "train.seed": seed})
+    if resume and reusable(result, params, code):
+        logger.info("variant %s seed %d: kept %s (same params and code)", name, seed, result)
+        return result
+    with tempfile.TemporaryDirectory(prefix=f"sod-ablation-{name}-{seed}-", dir=work_dir) as tmp:
         ws = make_workspace(root, Path(tmp) / "ws")
-        params = variant_params(ws / "params.yaml", {**common, **overrides})
         (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         if params["train"]["threads"] > threads:
             logger.warning(
@@ -194,18 +262,21 @@ def run_variant(
         # The variants' stage runs stay out of MLflow (parallel writers would contend for one SQLite file);
         # the report logs one run per variant instead.
         env = command_env(root, {"SOD_TRACKING": "off", **thread_env(threads)})
+        start = time.monotonic()
         run_dvc(["repro", "evaluate"], ws, env)
-        result = root / RUNS_DIR / f"{name}.json"
         write_json(
             result,
             {
                 "variant": name,
+                "seed": seed,
                 "changed": overrides,
                 "params": flatten(params),
+                "code": code,
+                "wall_s": round(time.monotonic() - start, 1),
                 "evaluate": read_json(ws / "reports" / "evaluate.json"),
             },
         )
-    logger.info("variant %s: %s", name, result)
+    logger.info("variant %s seed %d: %s", name, seed, result)
     return result
 
 
@@ -215,42 +286,93 @@ def run_report(root: Path, env: dict[str, str]) -> None:
     run_dvc(["repro", "--single-item", "report"], root, env)
 
 
+def _run_all(jobs: list[tuple[str, int]], submit: Callable[[str, int], Any]) -> dict[tuple[str, int], Path]:
+    futures = {job: submit(*job) for job in jobs}
+    return {job: Path(future.result()) for job, future in futures.items()}
+
+
 @flow(name="sod-ablation", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
 def ablation(
     root: str = ".",
     grid: dict[str, dict[str, Any]] | None = None,
     common: dict[str, Any] | None = None,
     work_dir: str | None = None,
+    seeds: list[int] | None = None,
+    lever_seeds: int = 1,
+    confirm: bool = True,
+    resume: bool = False,
 ) -> str:
-    """Run ``baseline``, ``pipeline`` and every variant of ``grid``, then the report; returns the table's path.
+    """Run ``baseline``, ``pipeline`` and every variant of ``grid`` over training seeds, then the report.
+
+    Seeds: ``baseline`` and ``pipeline`` run every seed of ``seeds`` (``train.seed``; the data stages, the
+    anchors and the SR network are shared by the seeds, restored from DVC's run cache). A lever runs its first
+    ``lever_seeds`` seeds; with ``confirm``, a lever whose ``AP_small`` (first seed, or the mean of its seeds)
+    lies within 2 sample standard deviations of ``pipeline``'s seeds then runs the rest of ``seeds``: an effect
+    inside the seed noise needs the seeds to be called one (or "no measurable effect").
 
     Args:
         root: the repo.
-        grid: ``{variant: {param key: value}}``; default :data:`DEFAULT_GRID`.
-        common: overrides applied to every variant, the two references included (e.g. a smaller budget).
+        grid: ``{variant: {param key: value}}``; default :data:`DEFAULT_GRID`; ``{}``: the two references only.
+        common: overrides applied to every variant, the two references included (e.g. a smaller budget:
+            ``{"train.samples_per_epoch": 320}``).
         work_dir: where the variants' workspaces go (default: the system's temp dir).
+        seeds: training seeds; default :data:`SEEDS` (``SOD_ABLATION_SEEDS``, else 0, 1, 2).
+        lever_seeds: seeds every lever runs before the noise check (1 ≤ lever_seeds ≤ len(seeds)).
+        confirm: run the remaining seeds of the levers whose effect is within the noise.
+        resume: keep the results in ``reports/ablation`` that the flow wrote with the same params and code
+            (:func:`reusable`) instead of rerunning them: a stopped ablation goes on where it was.
+
+    Returns:
+        The table's path, ``reports/ablation.csv``.
     """
     repo = Path(root).resolve()
+    seeds = list(SEEDS if seeds is None else seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or not 1 <= lever_seeds <= len(seeds):
+        raise ValueError(f"need distinct seeds and 1 <= lever_seeds <= len(seeds); got {seeds}, {lever_seeds}")
     variants = {"baseline": BASELINE, "pipeline": {}, **(DEFAULT_GRID if grid is None else grid)}
     for name, overrides in variants.items():  # a bad key fails here, before anything runs
         variant_params(repo / "params.yaml", {**(common or {}), **overrides})
         if not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"variant name {name!r}: use letters, digits, '_' and '-'")
-    clear_results(repo / RUNS_DIR, list(variants))
-    # The task runner runs WORKERS variants at once (fewer when the grid is smaller): they share the cores.
-    threads = thread_budget(min(WORKERS, len(variants)))
-    get_run_logger().info(
-        "%d variants, %d at a time, %d CPU threads each", len(variants), min(WORKERS, len(variants)), threads
-    )
+    levers = [n for n in variants if n not in ("baseline", "pipeline")]
+    first = [(n, s) for n in ("baseline", "pipeline") for s in seeds]
+    first += [(n, s) for n in levers for s in seeds[:lever_seeds]]
+    # Every result this grid may write is the flow's from the start: a run stopped halfway owns what it wrote.
+    names = [result_name(n, s) for n in variants for s in seeds]
+    code = code_digest(repo)
+    clear_results(repo / RUNS_DIR, names, keep=set(names) if resume else set())
+    # The task runner runs WORKERS variants at once (fewer when there are fewer runs): they share the cores.
+    threads = thread_budget(min(WORKERS, len(first)))
+    log = get_run_logger()
+    log.info("%d variants x seeds %s, %d runs at a time, %d CPU threads each", len(variants), seeds, WORKERS, threads)
     env = command_env(repo)
     parent = tracking.start_parent_run("ablation", env["MLFLOW_TRACKING_URI"], tags={"sod.flow": "ablation"})
     if parent:
         env[tracking.PARENT_ENV] = parent
     failed = True
+
+    def submit(name: str, seed: int) -> Any:
+        return run_variant.submit(repo, name, seed, variants[name], common or {}, work_dir, threads, code, resume)
+
     try:
-        futures = [run_variant.submit(repo, n, o, common or {}, work_dir, threads) for n, o in variants.items()]
-        for future in futures:
-            future.result()
+        done = _run_all(first, submit)
+        if confirm and len(seeds) > lever_seeds:
+            pipe = [read_json(done[("pipeline", s)])["evaluate"].get("AP_small") for s in seeds]
+            pipe = [v for v in pipe if v is not None]
+            noisy = []
+            for name in levers:
+                values = [read_json(done[(name, s)])["evaluate"].get("AP_small") for s in seeds[:lever_seeds]]
+                values = [v for v in values if v is not None]
+                if within_noise(statistics.fmean(values) if values else None, pipe):
+                    noisy.append(name)
+            log.info("levers within 2 std of pipeline's AP_small, given every seed: %s", ", ".join(noisy) or "none")
+            done |= _run_all([(n, s) for n in noisy for s in seeds[lever_seeds:]], submit)
+        # Results of seeds this run did not need (a lever outside the noise) go: the marker listed them.
+        for name in names:
+            path = repo / RUNS_DIR / name
+            if path not in done.values() and path.exists():
+                remove_owned(path, OWNER)
+        write_owner_marker(repo / RUNS_DIR, OWNER, sorted(p.name for p in done.values()))
         run_report(repo, env)
         failed = False
     finally:
@@ -258,5 +380,66 @@ def ablation(
     return str(repo / "reports" / "ablation.csv")
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.ablation``: the flow from the command line (see ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.ablation",
+        description=(
+            "Run the ablation: baseline and pipeline over training seeds, every lever of the grid, then `sod report` "
+            "(reports/ablation.csv, reports/plots/ablation/). SOD_ABLATION_WORKERS variants run at once, sharing "
+            "the CPU cores."
+        ),
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: 0 1 2)")
+    parser.add_argument("--lever-seeds", type=int, default=1, help="seeds every lever runs first (default 1)")
+    parser.add_argument(
+        "--no-confirm", action="store_true", help="do not rerun, with every seed, the levers within 2 std of pipeline"
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="levers of the default grid to run (none given: the two references only); default: all of "
+        + ", ".join(DEFAULT_GRID),
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every variant, e.g. --set train.samples_per_epoch=320 (the smaller budget)",
+    )
+    parser.add_argument("--resume", action="store_true", help="keep results of the same params and code")
+    parser.add_argument("--work-dir", default=None, help="where the variants' workspaces go (default: temp dir)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.variants or []) - set(DEFAULT_GRID))
+    if unknown:
+        parser.error(f"unknown lever(s) {', '.join(unknown)}; the grid has {', '.join(DEFAULT_GRID)}")
+    grid = None if args.variants is None else {n: DEFAULT_GRID[n] for n in args.variants}
+    common = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        common[key] = yaml.safe_load(value)
+    try:
+        print(
+            ablation(
+                grid=grid,
+                common=common,
+                work_dir=args.work_dir,
+                seeds=args.seeds,
+                lever_seeds=args.lever_seeds,
+                confirm=not args.no_confirm,
+                resume=args.resume,
+            )
+        )
+    except (DataError, ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    print(ablation())
+    sys.exit(main())

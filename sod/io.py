@@ -121,6 +121,12 @@ def read_owner(directory: str | Path) -> str | None:
     return marker[0] if marker else None
 
 
+def owned_files(directory: str | Path, stage: str) -> list[str]:
+    """The files ``directory``'s marker lists for ``stage``; empty when the marker is missing or another's."""
+    marker = _read_marker(Path(directory))
+    return list(marker[1]) if marker and marker[0] == stage else []
+
+
 def files_under(directory: str | Path) -> list[str]:
     """Every file under ``directory`` as a sorted relative POSIX path, the marker left out.
 

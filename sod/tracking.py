@@ -417,7 +417,9 @@ def log_variants(table_csv: str | Path, metric_keys: list[str]) -> None:
         parent = os.environ.get(PARENT_ENV) or None
         with _session():
             for row in rows:
-                with mlflow.start_run(run_name=f"ablation/{row['variant']}", parent_run_id=parent):
+                seed = row.get("train.seed", "")  # one run per seed of a variant
+                name = f"ablation/{row['variant']}" + (f"/seed{seed}" if seed != "" else "")
+                with mlflow.start_run(run_name=name, parent_run_id=parent):
                     mlflow.set_tags({"sod.variant": row["variant"], "dvc.stage": "report"})
                     changed = {k: v for k, v in row.items() if k not in metric_keys and k != "variant" and v != ""}
                     if changed:

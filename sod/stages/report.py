@@ -1,24 +1,27 @@
 """``sod report``: the ablation table and the survey-style figures from a directory of variant results.
 
-Input: ``runs_dir`` holds one ``<variant>.json`` per variant (written by ``flows/ablation.py``)::
+Input: ``runs_dir`` holds one ``<variant>.seed<k>.json`` per variant and training seed (written by
+``flows/ablation.py``; any ``*.json`` of this shape is read)::
 
-    {"variant": "gamma_0", "changed": {"detector.focal.gamma": 0.0},
-     "params": {...every flattened param of the run...}, "evaluate": {...reports/evaluate.json...}}
+    {"variant": "gamma_0", "seed": 0, "changed": {"detector.focal.gamma": 0.0},
+     "params": {...every flattened param of the run, train.seed included...}, "evaluate": {...evaluate.json...}}
 
 Outputs:
 
-* ``table`` (``reports/ablation.csv``): one row per variant, ``baseline`` and ``pipeline`` first, then the
-  others by name. Columns: ``variant``; every param whose value differs between the variants (the variant's
-  value; so each row shows what it changed); ``AP``, ``AP50``, ``AP_small``, ``AP_medium``, ``AP_large`` of
+* ``table`` (``reports/ablation.csv``): one row per variant and seed, ``baseline`` and ``pipeline`` first, then
+  the others by name, each variant's rows by ``train.seed``. Columns: ``variant``; every param whose value
+  differs between the rows (the row's value, ``train.seed`` among them when seeds vary; so each row shows what
+  it changed); ``AP``, ``AP50``, ``AP_small``, ``AP_medium``, ``AP_large`` of
   full-image inference and the same under ``sliced_`` (empty when sliced inference was off or undefined).
 * ``plots_dir``: ``ap_vs_<sweep>.png`` — AP_small / AP_medium / AP_large against one lever, from the variants
-  that differ from ``pipeline`` in that lever only (plus ``pipeline``), as in the small-object survey's
-  ablations: oversampling ratio, copy-paste count, focal γ, default vs tuned anchors, none / bicubic / SR
-  input (``detector.input_upscale``; ``sr+finetune`` when the detection loss trained the SR network too); and
-  ``full_vs_sliced.png``
-  (every variant, full-image against sliced inference). A figure whose lever has fewer than two values
-  is not drawn. ``plots_dir/.sod-owner`` lists the figures; a rerun deletes the ones it lists and no longer
-  draws, and refuses a non-empty ``plots_dir`` without that marker (a user's file is never deleted).
+  that differ from ``pipeline`` in that lever only (plus ``pipeline``; the training seed is not a lever: a
+  point is the mean over a variant's seeds, its error bar their sample standard deviation), as in the
+  small-object survey's ablations: oversampling ratio, copy-paste count, focal γ, default vs tuned anchors,
+  none / bicubic / SR input (``detector.input_upscale``; ``sr+finetune`` when the detection loss trained the
+  SR network too); and ``full_vs_sliced.png`` (every variant, full-image against sliced inference, mean ± std
+  over seeds). A figure whose lever has fewer than two values is not drawn. ``plots_dir/.sod-owner`` lists the
+  figures; a rerun deletes the ones it lists and no longer draws, and refuses a non-empty ``plots_dir``
+  without that marker (a user's file is never deleted).
 """
 
 from __future__ import annotations
@@ -79,13 +82,19 @@ def load_runs(runs_dir: Path) -> list[dict[str, Any]]:
     return runs
 
 
+SEED = "train.seed"  # the training seed: rows of one variant that differ in it are its seeds, not levers
+
+
 def build_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per variant: ``variant``, the params that differ between variants, then :data:`COLUMNS`."""
+    """One row per run: ``variant``, the params that differ between runs, then :data:`COLUMNS`.
+
+    Rows are ordered references first, then by variant name, then by :data:`SEED`.
+    """
     keys = sorted({k for r in runs for k in r["params"]})
     varying = [k for k in keys if len({repr(r["params"].get(k)) for r in runs}) > 1]
     order = {name: i for i, name in enumerate(REFERENCES)}
     rows = []
-    for run in sorted(runs, key=lambda r: (order.get(r["variant"], len(order)), r["variant"])):
+    for run in sorted(runs, key=lambda r: (order.get(r["variant"], len(order)), r["variant"], _seed(r))):
         ev = run["evaluate"]
         sliced = ev.get("sliced") or {}
         row: dict[str, Any] = {"variant": run["variant"]}
@@ -96,16 +105,23 @@ def build_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", *varying, *COLUMNS])
 
 
+def _seed(run: dict[str, Any]) -> int:
+    seed = run["params"].get(SEED, run.get("seed", 0))
+    return seed if isinstance(seed, int) else 0
+
+
 def _cell(value: Any) -> Any:
     return str(value) if isinstance(value, list | dict) else value
 
 
 def sweep_points(runs: list[dict[str, Any]], sweep: str) -> pd.DataFrame:
-    """The variants that differ from ``pipeline`` in ``sweep``'s params only (``pipeline`` included).
+    """The variants that differ from ``pipeline`` in ``sweep``'s params only (``pipeline`` included), one point
+    per variant: the mean over its seeds.
 
     Returns:
-        Columns ``x`` (the lever's value), ``variant`` and :data:`BUCKETS`, sorted by ``x``; empty without a
-        ``pipeline`` run.
+        Columns ``x`` (the lever's value), ``variant``, ``seeds`` (runs averaged), :data:`BUCKETS` (means) and
+        ``<bucket>_std`` (sample standard deviation over the seeds; NaN for one seed), sorted by ``x``; empty
+        without a ``pipeline`` run.
     """
     x_key, allowed = SWEEPS[sweep]
     ref = next((r for r in runs if r["variant"] == "pipeline"), None)
@@ -113,7 +129,8 @@ def sweep_points(runs: list[dict[str, Any]], sweep: str) -> pd.DataFrame:
         return pd.DataFrame(columns=["x", "variant", *BUCKETS])
     rows = []
     for run in runs:
-        diff = {k for k in set(run["params"]) | set(ref["params"]) if run["params"].get(k) != ref["params"].get(k)}
+        keys = (set(run["params"]) | set(ref["params"])) - {SEED}
+        diff = {k for k in keys if run["params"].get(k) != ref["params"].get(k)}
         if not diff <= allowed:
             continue
         x = run["params"].get(x_key)
@@ -125,7 +142,15 @@ def sweep_points(runs: list[dict[str, Any]], sweep: str) -> pd.DataFrame:
         if sweep == "input_upscale" and run["params"].get("detector.sr_finetune"):
             x = f"{x}+finetune"
         rows.append({"x": x, "variant": run["variant"], **{b: run["evaluate"].get(b) for b in BUCKETS}})
-    points = pd.DataFrame(rows, columns=["x", "variant", *BUCKETS])
+    stds = [f"{b}_std" for b in BUCKETS]
+    if not rows:
+        return pd.DataFrame(columns=["x", "variant", "seeds", *BUCKETS, *stds])
+    runs_df = pd.DataFrame(rows, columns=["x", "variant", *BUCKETS])
+    runs_df[BUCKETS] = runs_df[BUCKETS].astype(float)
+    grouped = runs_df.groupby("variant", sort=False)
+    points = grouped.agg(x=("x", "first"), seeds=("x", "size")).join(grouped[BUCKETS].mean())
+    points = points.join(grouped[BUCKETS].std().add_suffix("_std")).reset_index()
+    points = points[["x", "variant", "seeds", *BUCKETS, *stds]]
     order = _X_ORDER.get(sweep)
     key = (lambda col: col.map(lambda v: order.index(v) if v in order else len(order))) if order else None
     return points.sort_values("x", kind="stable", key=key)
@@ -137,25 +162,32 @@ def _plot_sweep(points: pd.DataFrame, sweep: str, path: Path) -> None:
     numeric = pd.api.types.is_numeric_dtype(points["x"])
     xs = points["x"] if numeric else range(len(points))
     for bucket in BUCKETS:
-        ax.plot(xs, points[bucket].astype(float), marker="o", label=bucket)
+        err = points[f"{bucket}_std"].astype(float).fillna(0.0)
+        ax.errorbar(xs, points[bucket].astype(float), yerr=err, marker="o", capsize=3, label=bucket)
     if not numeric:
         ax.set_xticks(list(xs), [str(v) for v in points["x"]])
     ax.set_xlabel(x_key)
     ax.set_ylabel("AP (IoU 0.50:0.95)")
-    ax.set_title(f"AP by object size vs {sweep.replace('_', ' ')}")
+    seeds = int(points["seeds"].max())
+    spread = f" (mean ± std, ≤{seeds} seeds)" if seeds > 1 else ""
+    ax.set_title(f"AP by object size vs {sweep.replace('_', ' ')}{spread}")
     ax.legend(fontsize=8)
     _save(fig, path)
 
 
 def _plot_full_vs_sliced(table: pd.DataFrame, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(table)), 3.5))
+    metrics = [prefix + b for b in BUCKETS for prefix in ("", "sliced_")]
+    grouped = table.assign(**{m: table[m].astype(float) for m in metrics}).groupby("variant", sort=False)[metrics]
+    means, stds = grouped.mean(), grouped.std().fillna(0.0)
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(means)), 3.5))
     width = 0.13
     for i, bucket in enumerate(BUCKETS):
         for j, prefix in enumerate(("", "sliced_")):
             offset = (2 * i + j - 2.5) * width
-            values = table[prefix + bucket].astype(float)
-            ax.bar([k + offset for k in range(len(table))], values, width, label=f"{bucket} {prefix[:-1] or 'full'}")
-    ax.set_xticks(range(len(table)), table["variant"], rotation=30, ha="right")
+            xs = [k + offset for k in range(len(means))]
+            label = f"{bucket} {prefix[:-1] or 'full'}"
+            ax.bar(xs, means[prefix + bucket], width, yerr=stds[prefix + bucket], capsize=2, label=label)
+    ax.set_xticks(range(len(means)), means.index, rotation=30, ha="right")
     ax.set_ylabel("AP (IoU 0.50:0.95)")
     ax.set_title("Full-image vs sliced inference")
     ax.legend(fontsize=7, ncol=3)
@@ -169,7 +201,8 @@ def _save(fig: plt.Figure, path: Path) -> None:
 
 
 def run(params: Params, runs_dir: Path, table: Path, plots_dir: Path) -> dict[str, Any]:
-    """Write the ablation table and figures (see the module docstring); returns row and figure counts.
+    """Write the ablation table and figures (see the module docstring); returns variant and row counts and the
+    figures drawn.
 
     ``params`` is unused (every value comes from the variant files); it keeps the stages' signature.
 
@@ -196,4 +229,4 @@ def run(params: Params, runs_dir: Path, table: Path, plots_dir: Path) -> dict[st
     missing = [r for r in REFERENCES if r not in set(df["variant"])]
     if missing:
         log.warning("ablation table without the %s row(s): run flows/ablation.py", ", ".join(missing))
-    return {"variants": len(df), "figures": figures}
+    return {"variants": int(df["variant"].nunique()), "rows": len(df), "figures": figures}

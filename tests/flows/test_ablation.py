@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 import flows.ablation as ablation_module
 from flows.ablation import (
@@ -15,9 +16,11 @@ from flows.ablation import (
     ablation,
     clear_results,
     make_workspace,
+    reusable,
     thread_budget,
     thread_env,
     variant_params,
+    within_noise,
 )
 from sod.errors import ConfigError, DataError
 from sod.io import OWNER_MARKER, read_json, read_owner, write_json, write_owner_marker
@@ -60,9 +63,41 @@ def test_clear_results_deletes_the_flows_old_rows_only(tmp_path: Path) -> None:
     for name in ("old.json", "pipeline.json", ".gitkeep", "notes.txt"):
         (runs / name).write_text("{}")
     write_owner_marker(runs, OWNER, ["old.json", "pipeline.json"])
-    clear_results(runs, ["baseline", "pipeline"])
+    clear_results(runs, ["baseline.seed0.json", "pipeline.seed0.json"])
     assert sorted(p.name for p in runs.iterdir()) == [".gitkeep", OWNER_MARKER, "notes.txt"]  # not .json: kept
-    assert _marker(runs) == {"stage": OWNER, "files": ["baseline.json", "pipeline.json"]}
+    assert _marker(runs) == {"stage": OWNER, "files": ["baseline.seed0.json", "pipeline.seed0.json"]}
+
+
+def test_clear_results_keeps_what_resume_reuses(tmp_path: Path) -> None:
+    runs = tmp_path / "ablation"
+    runs.mkdir()
+    for name in ("old.json", "pipeline.seed0.json"):
+        (runs / name).write_text("{}")
+    write_owner_marker(runs, OWNER, ["old.json", "pipeline.seed0.json"])
+    clear_results(runs, ["pipeline.seed0.json", "pipeline.seed1.json"], keep={"pipeline.seed0.json"})
+    assert sorted(p.name for p in runs.glob("*.json")) == ["pipeline.seed0.json"]  # old.json is not this grid's
+    assert _marker(runs)["files"] == ["pipeline.seed0.json", "pipeline.seed1.json"]
+
+
+def test_within_noise_compares_with_two_sample_stds() -> None:
+    # pipeline seeds 0.10, 0.12, 0.14: mean 0.12, sample std 0.02, so 2 std = 0.04.
+    pipeline = [0.10, 0.12, 0.14]
+    assert within_noise(0.155, pipeline) and within_noise(0.085, pipeline)
+    assert not within_noise(0.165, pipeline) and not within_noise(0.075, pipeline)
+    assert within_noise(0.5, [0.1])  # one seed: no spread to compare with, so more seeds are needed
+    assert within_noise(None, pipeline)
+
+
+def test_reusable_needs_the_flows_file_with_the_same_params_and_code(tmp_path: Path) -> None:
+    runs = tmp_path / "ablation"
+    params = {"train": {"seed": 1}, "detector": {"focal": {"gamma": 2.0}}}
+    write_json(runs / "pipeline.seed1.json", {"params": {"train.seed": 1, "detector.focal.gamma": 2.0}, "code": "c1"})
+    assert not reusable(runs / "pipeline.seed1.json", params, "c1")  # no marker: not provably the flow's
+    write_owner_marker(runs, OWNER, ["pipeline.seed1.json"])
+    assert reusable(runs / "pipeline.seed1.json", params, "c1")
+    assert not reusable(runs / "pipeline.seed1.json", params, "c2")  # other code
+    assert not reusable(runs / "pipeline.seed1.json", {**params, "train": {"seed": 2}}, "c1")  # other params
+    assert not reusable(runs / "pipeline.seed2.json", params, "c1")  # no file
 
 
 def test_clear_results_refuses_a_users_json_and_leaves_it(tmp_path: Path) -> None:
@@ -70,20 +105,21 @@ def test_clear_results_refuses_a_users_json_and_leaves_it(tmp_path: Path) -> Non
     runs.mkdir()
     (runs / "mine.json").write_text('{"variant": "my own run"}')
     with pytest.raises(DataError, match=r"ablation holds mine\.json, not written by the ablation flow"):
-        clear_results(runs, ["baseline"])
+        clear_results(runs, ["baseline.seed0.json"])
     assert (runs / "mine.json").read_text() == '{"variant": "my own run"}'
     assert not (runs / OWNER_MARKER).exists()  # nothing was changed
     # In a directory the flow owns, a file the user added since is refused too; the flow's own old rows go.
     write_owner_marker(runs, OWNER, ["old.json"])
     (runs / "old.json").write_text("{}")
     with pytest.raises(DataError, match=r"holds mine\.json,"):
-        clear_results(runs, ["baseline"])
-    assert (runs / "mine.json").read_text() == '{"variant": "my own run"}' and not (runs / "old.json").exists()
+        clear_results(runs, ["baseline.seed0.json"])
+    # Refused before anything was deleted: the flow's own old row stays too.
+    assert (runs / "mine.json").read_text() == '{"variant": "my own run"}' and (runs / "old.json").exists()
     # Another stage's directory is not the flow's to fill.
     write_owner_marker(runs, "report", [])
     (runs / "mine.json").unlink()
     with pytest.raises(DataError, match="belongs to sod stage 'report'"):
-        clear_results(runs, ["baseline"])
+        clear_results(runs, ["baseline.seed0.json"])
 
 
 def test_every_stage_process_of_a_variant_gets_its_share_of_the_cores(
@@ -109,19 +145,85 @@ def test_every_stage_process_of_a_variant_gets_its_share_of_the_cores(
     monkeypatch.setenv("SOD_TRACKING", "off")
     monkeypatch.setenv("OMP_NUM_THREADS", "16")  # the flow's own setting does not leak into the children
     grid = {"gamma_0": {"detector.focal.gamma": 0.0}}
-    ablation(root=str(root), grid=grid, work_dir=str(tmp_path))
+    ablation(root=str(root), grid=grid, work_dir=str(tmp_path), seeds=[0])
     repros = [env for args, env in calls if args == ["repro", "evaluate"]]
     assert len(repros) == 3
     assert all(env["SOD_THREADS"] == env["OMP_NUM_THREADS"] == "4" for env in repros)
     runs = root / "reports" / "ablation"
     assert read_owner(runs) == OWNER
-    assert sorted(p.name for p in runs.glob("*.json")) == ["baseline.json", "gamma_0.json", "pipeline.json"]
+    results = sorted(p.name for p in runs.glob("*.json"))
+    assert results == ["baseline.seed0.json", "gamma_0.seed0.json", "pipeline.seed0.json"]
     # A user's file in the way on the next run: the flow stops before any variant runs, and the file survives.
     (runs / "mine.json").write_text('{"variant": "mine"}')
     calls.clear()
     with pytest.raises(DataError, match="mine.json"):
-        ablation(root=str(root), grid=grid, work_dir=str(tmp_path))
+        ablation(root=str(root), grid=grid, work_dir=str(tmp_path), seeds=[0])
     assert (runs / "mine.json").read_text() == '{"variant": "mine"}' and not calls
+
+
+def _fake_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[dict]]:
+    """A repo of params.yaml + dvc.yaml + one sod module; DVC replaced by a recorder whose AP_small depends on the
+    variant's focal gamma and training seed (returns the root and the list of params each repro ran with)."""
+    root = tmp_path / "repo"
+    (root / "sod").mkdir(parents=True)
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(REPO / name, root / name)
+    (root / "sod" / "stage.py").write_text("X = 1\n")
+    ran: list[dict] = []
+
+    def fake_dvc(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+        if args[:2] == ["repro", "evaluate"]:
+            params = yaml.safe_load((Path(cwd) / "params.yaml").read_text())
+            ran.append(params)
+            gamma, seed = params["detector"]["focal"]["gamma"], params["train"]["seed"]
+            # pipeline (gamma 2): 0.10, 0.12, 0.14 over seeds 0..2 (mean 0.12, 2 std 0.04); gamma 0: 0.02 lower
+            # (inside the noise); gamma 5: 0.3 higher (far outside).
+            ap_small = 0.10 + 0.02 * seed + {2.0: 0.0, 0.0: -0.02, 5.0: 0.3}[gamma]
+            write_json(Path(cwd) / "reports" / "evaluate.json", {"AP": 0.5, "AP_small": ap_small})
+        return ""
+
+    monkeypatch.setattr(ablation_module, "run_dvc", fake_dvc)
+    monkeypatch.setattr(ablation_module, "available_cores", lambda: 2)
+    monkeypatch.setenv("SOD_TRACKING", "off")
+    return root, ran
+
+
+def test_seeds_run_for_the_references_and_for_levers_inside_the_noise(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, ran = _fake_repo(tmp_path, monkeypatch)
+    grid = {"gamma_0": {"detector.focal.gamma": 0.0}, "gamma_5": {"detector.focal.gamma": 5.0}}
+    ablation(root=str(root), grid=grid, work_dir=str(tmp_path), seeds=[0, 1, 2])
+    runs = root / "reports" / "ablation"
+    # References: 3 seeds each; gamma_0 (0.10 vs 0.12 ± 0.04) is inside the noise: all 3 seeds; gamma_5 once.
+    assert sorted(p.name for p in runs.glob("*.json")) == [
+        "baseline.seed0.json", "baseline.seed1.json", "baseline.seed2.json",
+        "gamma_0.seed0.json", "gamma_0.seed1.json", "gamma_0.seed2.json",
+        "gamma_5.seed0.json",
+        "pipeline.seed0.json", "pipeline.seed1.json", "pipeline.seed2.json",
+    ]  # fmt: skip
+    assert len(ran) == 10 and sorted(p["train"]["seed"] for p in ran).count(0) == 4
+    row = read_json(runs / "gamma_0.seed2.json")
+    assert row["seed"] == 2 and row["params"]["train.seed"] == 2 and row["changed"] == {"detector.focal.gamma": 0.0}
+    assert row["evaluate"]["AP_small"] == pytest.approx(0.12) and len(row["code"]) == 64
+    assert _marker(runs)["files"] == sorted(p.name for p in runs.glob("*.json"))
+
+    # Resume with the same params and code: nothing reruns. After a code change, everything does.
+    ran.clear()
+    ablation(root=str(root), grid=grid, work_dir=str(tmp_path), seeds=[0, 1, 2], resume=True)
+    assert ran == [] and len(list(runs.glob("*.json"))) == 10
+    (root / "sod" / "stage.py").write_text("X = 2\n")
+    ablation(root=str(root), grid=grid, work_dir=str(tmp_path), seeds=[0, 1, 2], resume=True)
+    assert len(ran) == 10
+
+
+def test_cli_validates_before_running(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        ablation_module.main(["--variants", "gamma_9"])
+    assert exc.value.code == 2 and "unknown lever(s) gamma_9" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ablation_module.main(["--set", "train.seed"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -129,7 +231,8 @@ def test_grid_gives_a_row_per_variant(pipeline_summary: dict, tiny_repo: Path, t
     # After the pipeline test's run (its DVC cache is shared): one lever, focal gamma 0, besides the two
     # references. It differs from `pipeline` in the detector's training only, so the data stages are restored
     # from DVC's run cache.
-    table = Path(ablation(root=str(tiny_repo), grid={"gamma_0": {"detector.focal.gamma": 0.0}}, work_dir=str(tmp_path)))
+    grid = {"gamma_0": {"detector.focal.gamma": 0.0}}
+    table = Path(ablation(root=str(tiny_repo), grid=grid, work_dir=str(tmp_path), seeds=[0]))
     df = pd.read_csv(table)
     assert list(df["variant"]) == ["baseline", "pipeline", "gamma_0"]
     base, pipe, gamma_0 = (df.iloc[i] for i in range(3))
@@ -140,13 +243,13 @@ def test_grid_gives_a_row_per_variant(pipeline_summary: dict, tiny_repo: Path, t
     assert pd.isna(base["sliced_AP"]) and not pd.isna(pipe["sliced_AP"])  # the baseline is full-image only
     assert df["AP"].notna().all()
     # The variant's result records what it changed and the params it ran with.
-    result = read_json(tiny_repo / "reports" / "ablation" / "gamma_0.json")
+    result = read_json(tiny_repo / "reports" / "ablation" / "gamma_0.seed0.json")
     assert result["changed"] == {"detector.focal.gamma": 0.0} and result["params"]["detector.focal.gamma"] == 0.0
     plots = tiny_repo / "reports" / "plots" / "ablation"
     assert (plots / "full_vs_sliced.png").is_file() and (plots / "ap_vs_focal_gamma.png").is_file()
     assert sorted(p.name for p in (tiny_repo / "reports" / "ablation").glob("*.json")) == [
-        "baseline.json",
-        "gamma_0.json",
-        "pipeline.json",
+        "baseline.seed0.json",
+        "gamma_0.seed0.json",
+        "pipeline.seed0.json",
     ]
     assert not list(tmp_path.iterdir())  # the workspaces are gone

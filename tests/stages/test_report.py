@@ -64,7 +64,8 @@ def test_run_writes_table_and_figures_of_levers_with_two_values(runs: Path, tmp_
     write_owner_marker(plots, "report", ["ap_vs_anchors.png"])  # ... which its marker lists
     (plots / "my_figure.png").write_bytes(b"the user's")  # put there by hand since
     out = report.run(Params(), runs, tmp_path / "ablation.csv", plots)
-    assert out == {"variants": 5, "figures": ["ap_vs_oversampling.png", "ap_vs_focal_gamma.png", "full_vs_sliced.png"]}
+    figures = ["ap_vs_oversampling.png", "ap_vs_focal_gamma.png", "full_vs_sliced.png"]
+    assert out == {"variants": 5, "rows": 5, "figures": figures}
     assert sorted(p.name for p in plots.iterdir()) == sorted([*out["figures"], OWNER_MARKER, "my_figure.png"])
     assert (plots / "my_figure.png").read_bytes() == b"the user's"
     assert read_json(plots / OWNER_MARKER) == {"stage": "report", "files": sorted(out["figures"])}
@@ -103,3 +104,33 @@ def test_input_upscale_sweep_in_front_end_order(tmp_path: Path) -> None:
     points = report.sweep_points(report.load_runs(tmp_path), "input_upscale")
     assert list(points["x"]) == ["none", "bicubic", "sr", "sr+finetune"]
     assert list(points["AP_small"]) == [0.2, 0.25, 0.28, 0.3]
+
+
+def _write_seed(runs: Path, name: str, params: dict[str, Any], seed: int, ap_small: float) -> None:
+    ev = {"AP": 0.3, "AP50": 0.5, "AP_small": ap_small, "AP_medium": 0.4, "AP_large": 0.5}
+    write_json(
+        runs / f"{name}.seed{seed}.json",
+        {"variant": name, "seed": seed, "changed": {}, "params": {**params, "train.seed": seed}, "evaluate": ev},
+    )
+
+
+def test_seeds_are_rows_of_one_variant_and_one_point_of_a_sweep(tmp_path: Path) -> None:
+    for seed, ap in ((1, 0.22), (0, 0.18)):
+        _write_seed(tmp_path, "pipeline", PIPELINE, seed, ap)
+    for seed, ap in ((0, 0.10), (1, 0.14), (2, 0.12)):
+        _write_seed(tmp_path, "gamma_0", {**PIPELINE, "detector.focal.gamma": 0.0}, seed, ap)
+    runs = report.load_runs(tmp_path)
+    table = report.build_table(runs)
+    assert list(zip(table["variant"], table["train.seed"], strict=True)) == [
+        ("pipeline", 0), ("pipeline", 1), ("gamma_0", 0), ("gamma_0", 1), ("gamma_0", 2)
+    ]  # fmt: skip
+    # The seed is not a lever: gamma_0's three seeds are one point, pipeline's two another.
+    points = report.sweep_points(runs, "focal_gamma").set_index("variant")
+    assert points.loc["gamma_0", "seeds"] == 3 and points.loc["pipeline", "seeds"] == 2
+    assert points.loc["gamma_0", "AP_small"] == pytest.approx(0.12)  # (0.10 + 0.14 + 0.12) / 3
+    assert points.loc["gamma_0", "AP_small_std"] == pytest.approx(0.02)  # sample std of 0.10, 0.14, 0.12
+    assert points.loc["pipeline", "AP_small"] == pytest.approx(0.20)
+    assert points.loc["pipeline", "AP_small_std"] == pytest.approx(0.04 / 2**0.5)  # |0.22 - 0.18| / sqrt(2)
+    assert list(points["x"]) == [0.0, 2.0]
+    out = report.run(Params(), tmp_path, tmp_path / "t.csv", tmp_path / "plots")
+    assert out == {"variants": 2, "rows": 5, "figures": ["ap_vs_focal_gamma.png", "full_vs_sliced.png"]}
