@@ -340,6 +340,8 @@ def ablation(
     # Every result this grid may write is the flow's from the start: a run stopped halfway owns what it wrote.
     names = [result_name(n, s) for n in variants for s in seeds]
     code = code_digest(repo)
+    if work_dir is not None:  # the variants' temporary workspaces go inside; mkdir only, nothing is removed
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
     clear_results(repo / RUNS_DIR, names, keep=set(names) if resume else set())
     # The task runner runs WORKERS variants at once (fewer when there are fewer runs): they share the cores.
     threads = thread_budget(min(WORKERS, len(first)))

@@ -193,7 +193,9 @@ def test_seeds_run_for_the_references_and_for_levers_inside_the_noise(
 ) -> None:
     root, ran = _fake_repo(tmp_path, monkeypatch)
     grid = {"gamma_0": {"detector.focal.gamma": 0.0}, "gamma_5": {"detector.focal.gamma": 5.0}}
-    ablation(root=str(root), grid=grid, work_dir=str(tmp_path), seeds=[0, 1, 2])
+    work = tmp_path / "not" / "yet"  # --work-dir need not exist: the flow creates it
+    ablation(root=str(root), grid=grid, work_dir=str(work), seeds=[0, 1, 2])
+    assert work.is_dir()
     runs = root / "reports" / "ablation"
     # References: 3 seeds each; gamma_0 (0.10 vs 0.12 ± 0.04) is inside the noise: all 3 seeds; gamma_5 once.
     assert sorted(p.name for p in runs.glob("*.json")) == [
