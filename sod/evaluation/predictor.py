@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from sod.config import EvaluateConfig
-from sod.evaluation.sliced import MatchMetric, MergeMethod, Prediction, SlicedPredictor, tile_grid
+from sod.evaluation.sliced import MatchMetric, MergeMethod, Prediction, SlicedPredictor
 from sod.models.sr import bicubic_resize
 from sod.models.upscale import UpscaledDetector, bicubic_input
 
@@ -169,11 +169,6 @@ class Predictor:
         """
         with torch.inference_mode():
             return self.engine([im.to(self.device) for im in images])
-
-    def tiles_per_image(self, height: int, width: int) -> int:
-        """Tiles the ``sliced`` mode runs on a ``height`` x ``width`` image (0 for ``full``; at most that for
-        ``adaptive``)."""
-        return 0 if self.mode == "full" else len(tile_grid(height, width, self.engine.tile, self.engine.overlap))
 
     # ------------------------------------------------------------------------------------------ model side
     def _forward(self, images: list[Tensor]) -> list[Prediction]:

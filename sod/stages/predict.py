@@ -73,7 +73,8 @@ def run(
         sources: image files and folders (a folder: its files with an image extension, not recursive).
         out: the COCO results JSON.
         coco: a COCO file whose ``images`` give the ids; None numbers the images by sorted name.
-        images_json: where the images list goes without ``coco``; None = ``out`` with ``.images.json``.
+        images_json: where the images list goes without ``coco`` (an error with it); None = ``out`` with
+            ``.images.json``.
         draw_dir: a folder for pictures with boxes; None draws none.
         mode: ``full``, ``sliced`` or ``adaptive``; None = from ``params.evaluate``.
         on_bad_image: ``error`` or ``skip`` (counted).
@@ -92,8 +93,9 @@ def run(
     files = collect_images(sources)
     names = [p.name for p in files]
     if coco is not None:
+        if images_json is not None:
+            raise DataError("--images-json lists the images sod numbered; with --coco the ids are the COCO file's")
         ids, categories = _ids_from_coco(coco, names)
-        images_json = None
     else:
         ids = {name: i for i, name in enumerate(sorted(names), start=1)}
         categories = None

@@ -105,6 +105,8 @@ def test_ids_come_from_the_coco_file(model: Path, folder: Path, tmp_path: Path) 
     assert _predict(model, str(folder / "big.png"), str(folder / "a.png"), "--coco", str(coco), "--out", str(out)) == 0
     assert {d["image_id"] for d in read_json(out)} == {17, 42}
     assert not (tmp_path / "results.images.json").exists()  # the ids are the COCO file's: no list of its own
+    argv = [str(folder / "a.png"), "--coco", str(coco), "--out", str(out), "--images-json", str(tmp_path / "i.json")]
+    assert _predict(model, *argv) == 2
 
 
 def test_a_users_file_in_the_way_is_refused_and_kept(
