@@ -30,10 +30,9 @@ from sod.config import load_params  # noqa: E402
 from sod.data.coco import image_path  # noqa: E402
 from sod.engine import resolve_device  # noqa: E402
 from sod.evaluation.coco_eval import CocoEvaluator  # noqa: E402
-from sod.evaluation.sliced import SlicedPredictor  # noqa: E402
+from sod.evaluation.predictor import Predictor, image_tensor  # noqa: E402
 from sod.io import load_rgb, read_json  # noqa: E402
 from sod.models.detector import load_detector  # noqa: E402
-from sod.stages.evaluate import _native_size_predict_fn  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -86,18 +85,13 @@ def sahi_predict(model, meta, images: list[np.ndarray], cfg, device: torch.devic
 
 
 def sod_predict(model, images: list[np.ndarray], cfg, select: str, device: torch.device) -> tuple[list[dict], float]:
-    cfg.sliced.select = select
-    predictor = SlicedPredictor.from_config(_native_size_predict_fn(model), cfg, sliced=True)
+    predictor = Predictor.from_config(model, cfg, "adaptive" if select == "small" else "sliced")
     outputs = []
     _sync(device)
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        for start in range(0, len(images), cfg.batch_size):
-            chunk = [
-                torch.from_numpy(a).to(device).permute(2, 0, 1).float().div(255)
-                for a in images[start : start + cfg.batch_size]
-            ]
-            outputs.extend({k: v.cpu() for k, v in o.items()} for o in predictor(chunk))
+    for start in range(0, len(images), cfg.batch_size):
+        chunk = [image_tensor(a, device) for a in images[start : start + cfg.batch_size]]
+        outputs.extend({k: v.cpu() for k, v in o.items()} for o in predictor(chunk))
     _sync(device)
     return outputs, time.perf_counter() - t0
 
@@ -132,7 +126,7 @@ def main() -> None:
     rows.append(("SAHI get_sliced_prediction (peer)", secs, score(out)))
     for select in args.select or ["all", "small"]:
         out, secs = sod_predict(model, images, cfg, select, device)
-        rows.append((f"sod SlicedPredictor select={select}", secs, score(out)))
+        rows.append((f"sod Predictor select={select}", secs, score(out)))
 
     peer_ips = len(images) / rows[0][1]
     sl = cfg.sliced
@@ -162,7 +156,7 @@ def main() -> None:
     write_result(
         "sliced",
         results,
-        sod=f"sod SlicedPredictor, batched tiles ({len(images)} val images, tile {sl.tile} px, batch {sl.batch_size})",
+        sod=f"sod Predictor, batched tiles ({len(images)} val images, tile {sl.tile} px, batch {sl.batch_size})",
         peer=f"SAHI get_sliced_prediction, same detector, tiles and merge ({sl.merge} on {sl.match})",
         target="ratio ≥ 3×, AP_small within 0.01",
         machine=machine_info(str(device)),

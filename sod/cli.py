@@ -1,4 +1,4 @@
-"""The ``sod`` command: one subcommand per DVC stage.
+"""The ``sod`` command: one subcommand per DVC stage, plus ``predict`` (a trained detector on the user's images).
 
 It parses arguments, loads params, calls the stage and turns a SodError into a one-line message
 with exit code 2, and a transient failure (a connection or timeout error, see sod.errors) into one with
@@ -23,12 +23,16 @@ from sod.errors import EXIT_TRANSIENT, EXIT_USAGE, SodError, is_transient
 log = logging.getLogger("sod")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, params_optional: bool = False) -> None:
     parser.add_argument(
         "--params",
-        default="params.yaml",
+        default=None if params_optional else "params.yaml",
         metavar="FILE",
-        help="params file with one section per stage (default: %(default)s)",
+        help=(
+            "params file with one section per stage (default: params.yaml, or sod's defaults where there is none)"
+            if params_optional
+            else "params file with one section per stage (default: %(default)s)"
+        ),
     )
     parser.add_argument(
         "--set",
@@ -164,6 +168,37 @@ def _evaluate(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     )
 
 
+def _predict(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    from sod.stages import predict
+
+    result = predict.run(
+        params,
+        model=args.model,
+        sources=[Path(p) for p in args.images],
+        out=Path(args.out),
+        coco=Path(args.coco) if args.coco else None,
+        images_json=Path(args.images_json) if args.images_json else None,
+        draw_dir=Path(args.draw) if args.draw else None,
+        mode=args.mode,
+        on_bad_image=args.on_bad_image,
+        draw_score=args.draw_score,
+        progress=not args.quiet,
+    )
+    skipped = result["images_skipped_missing"] + result["images_skipped_corrupt"]
+    print(
+        f"sod predict: {result['detections']} detections on {result['images']} images ({result['mode']}) "
+        f"-> {result['out']}"
+        + (f"; images listed in {result['images_json']}" if result["images_json"] else "")
+        + (
+            f"; skipped {skipped} bad images ({result['images_skipped_missing']} missing, "
+            f"{result['images_skipped_corrupt']} corrupt)"
+            if skipped
+            else ""
+        )
+    )
+    return result
+
+
 def _report(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     from sod.stages import report
 
@@ -223,7 +258,7 @@ def _tracked_run(args: argparse.Namespace, params: Params) -> Any:
 
 def _track(args: argparse.Namespace, params: Params) -> None:
     """Log the finished stage to MLflow (never fails the stage; see sod.tracking). Rank 0 only under torchrun."""
-    if os.environ.get("RANK", "0") != "0" or args.command in ("log-run", "readme"):
+    if os.environ.get("RANK", "0") != "0" or args.command in ("log-run", "readme", "predict"):
         return
     from sod import tracking
 
@@ -400,6 +435,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
+        "predict",
+        help="run a trained detector on your images of any size: COCO results JSON, optional pictures with boxes",
+        description=(
+            "Run a trained detector on a folder or a list of images of any size (not a DVC stage). Each image is "
+            "read at its original size; boxes come back in its own pixels. --mode full runs the whole image resized "
+            "as the detector was trained (detector.min_size/max_size), plus the evaluate.scales pyramid; sliced also "
+            "cuts tiles of evaluate.sliced.tile px with evaluate.sliced.overlap from the original pixels, resizes "
+            "each by the full image's factor (times evaluate.sliced.upscale when set), runs them in batches of "
+            "evaluate.sliced.batch_size and merges them with the full-image pass (evaluate.sliced.merge/match/"
+            "match_thresh/include_full); adaptive runs only the tiles around small full-image candidates "
+            "(evaluate.sliced.select_score). Default: params evaluate.sliced.enabled/select. Every evaluate.* "
+            "param applies (max_dets, score_thresh, batch_size images per step, device); change one with --set, "
+            "e.g. --set evaluate.sliced.tile=512. Writes COCO results [{image_id, category_id, bbox [x, y, w, h] "
+            "in pixels, score}] to --out. Image ids: from --coco (matched by file_name, else by a unique base name), "
+            "else 1..N by sorted file name, with the images listed in --images-json (a COCO file pycocotools' "
+            "loadRes accepts). A missing, corrupt or unreadable image stops the run with one line naming it, or "
+            "with --on-bad-image skip is left out and counted. Never overwrites a file sod did not write: --out "
+            "and --images-json are recorded in their folder's .sod-owner marker, --draw must be a new or empty "
+            "folder or a previous --draw folder."
+        ),
+    )
+    _common(p, params_optional=True)  # run anywhere, not only in the repo
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE_OR_DIR",
+        help="image files and/or folders (a folder: its files with an image extension, not recursive)",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="PT|URI",
+        help="a detector file from `sod train-detector` (models/detector.pt) or a registered MLflow model version, "
+        "models:/sod-detector/<version>, read from MLFLOW_TRACKING_URI (default sqlite:///mlflow.db here; offline)",
+    )
+    p.add_argument("--out", required=True, metavar="JSON", help="COCO results JSON to write")
+    p.add_argument("--coco", metavar="JSON", help="COCO annotations whose 'images' give the image ids")
+    p.add_argument(
+        "--images-json",
+        metavar="JSON",
+        help="without --coco: where the images list (ids, file names, sizes) and categories go "
+        "(default: --out with .images.json)",
+    )
+    p.add_argument("--draw", metavar="DIR", help="also write one PNG per image with its boxes into DIR")
+    p.add_argument("--draw-score", type=float, default=0.3, metavar="S",
+                   help="least score of a drawn box (default: %(default)s); the JSON keeps every box")  # fmt: skip
+    p.add_argument(
+        "--mode",
+        choices=["full", "sliced", "adaptive"],
+        help="full image only, sliced (all tiles + full image) or adaptive (tiles around small candidates); "
+        "default from params evaluate.sliced.enabled/select",
+    )
+    p.add_argument(
+        "--on-bad-image",
+        choices=["error", "skip"],
+        default="error",
+        help="a missing/corrupt/unreadable image: stop with an error (default) or skip it and count it",
+    )
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser(
         "report",
         help="the ablation table (reports/ablation.csv) and AP-by-size figures from the variants' results",
         description=(
@@ -459,7 +555,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     func: Callable[[argparse.Namespace, Params], dict[str, Any]] = args.func
     try:
-        params = load_params(args.params, args.overrides) if hasattr(args, "params") else load_params(None)
+        if hasattr(args, "params"):
+            path = args.params
+            if path is None:  # --params optional (predict): params.yaml where there is one, else the defaults
+                path = "params.yaml" if Path("params.yaml").is_file() else None
+            params = load_params(path, args.overrides)
+        else:
+            params = load_params(None)
         if hasattr(args, "threads"):  # a stage: it runs under its thread budget, restored afterwards
             from sod.runtime import torch_threads
 

@@ -248,6 +248,37 @@ def finish_dir(directory: str | Path, stage: str, files: Iterable[str]) -> list[
     return removed
 
 
+def claim_file(path: str | Path, stage: str) -> None:
+    """Make the file ``path`` ``stage``'s to (over)write, in a directory that may hold anything else.
+
+    For a command that writes one file where the user asks (``sod predict --out results.json``): the file's
+    directory marker records the files ``stage`` wrote there, so a rerun may replace its own file and never a
+    user's. The name is recorded (the marker created if missing) before the file is written.
+
+    Raises:
+        DataError: ``path`` exists and the marker of its directory does not list it as ``stage``'s, or the
+            directory is marked by another stage (its marker is not ``stage``'s to change); nothing is changed.
+    """
+    from sod.errors import DataError
+
+    path = Path(path)
+    directory = path.parent
+    marker = _read_marker(directory)
+    if marker is not None and marker[0] != stage:
+        raise DataError(
+            f"refusing to write {path}: {directory} belongs to sod stage {marker[0]!r}; choose another path"
+        )
+    listed = marker is not None and path.name in marker[1]
+    if (path.exists() or path.is_symlink()) and not (listed and path.is_file() and not path.is_symlink()):
+        raise DataError(
+            f"refusing to overwrite {path}: sod {stage} did not write it (not listed in {directory / OWNER_MARKER}); "
+            "move it or choose another path (nothing was changed)"
+        )
+    if not listed:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_owner_marker(directory, stage, [*(marker[1] if marker else []), path.name])
+
+
 def remove_owned(path: str | Path, stage: str) -> bool:
     """Delete the file ``path`` only if its directory's marker names ``stage`` and lists the file.
 

@@ -9,7 +9,8 @@ Every ``sod <stage>`` run (the CLI calls :func:`log_stage` after the stage retur
   and per-epoch values with ``step = epoch`` (from a CSV with an ``epoch`` column, or the report's ``history``);
 * artifacts: the report and the stage's plots;
 * models: the trained detector and SR network, registered as ``sod-detector`` / ``sod-sr``; the evaluation
-  metrics are attached to the registered version as tags;
+  metrics are attached to the registered version as tags; a detector version also keeps its
+  ``models/detector.pt`` file (``extra_files``), which :func:`fetch_detector_file` gives to ``sod predict``;
 * tags: ``git.commit``, ``dvc.stage``, ``dvc.data_hash`` (of the stage's deps), ``params.hash``.
 
 Environment:
@@ -335,12 +336,48 @@ def _log_model(run: StageRun, metrics: Mapping[str, float]) -> None:
         # pt2 (MLflow 3's default) traces forward() on an example input; detectors take lists of images.
         serialization_format="pickle",
         registered_model_name=name,
+        # sod's own file (weights + config + categories): what `sod predict --model models:/...` loads.
+        extra_files=[str(run.model)] if run.model_kind == "detector" else None,
     )
     client = MlflowClient()
     version = str(info.registered_model_version)
     client.set_model_version_tag(name, version, "model_md5", _md5_path(Path(run.model)))
     for key, value in metrics.items():
         client.set_model_version_tag(name, version, key, f"{value:.6g}")
+
+
+def fetch_detector_file(model_uri: str, dst_dir: str | Path) -> Path:
+    """Download the ``models/detector.pt`` file kept with a registered detector version.
+
+    Args:
+        model_uri: ``models:/<name>/<version>`` (or ``models:/<name>@<alias>``), from the tracking store of
+            ``MLFLOW_TRACKING_URI`` (default: ``mlflow.db`` here; a local store works offline).
+        dst_dir: an existing directory to download into.
+
+    Returns:
+        The path of the detector file, for :func:`sod.models.detector.load_detector`.
+
+    Raises:
+        SodError: no such model or version, the store cannot be read, or the version was logged without the
+            file (registered before sod kept it: rerun ``sod train-detector`` with tracking on).
+    """
+    import mlflow
+    import mlflow.artifacts
+
+    try:
+        with _short_http_timeouts():
+            mlflow.set_tracking_uri(tracking_uri())
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst_dir)))
+    except mlflow.exceptions.MlflowException as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SodError(f"cannot load {model_uri} from {tracking_uri()}: {first}") from None
+    found = sorted(local.glob("extra_files/*.pt"))
+    if len(found) != 1:
+        raise SodError(
+            f"{model_uri} holds no sod detector file (extra_files/*.pt): it was registered before sod kept it; "
+            "rerun `sod train-detector` with tracking on, or pass the .pt file"
+        )
+    return found[0]
 
 
 def _tag_evaluated_version(model_file: str, metrics: Mapping[str, float]) -> None:

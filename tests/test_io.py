@@ -12,6 +12,7 @@ from sod.io import (
     OWNER_MARKER,
     check_owner,
     claim_dir,
+    claim_file,
     files_under,
     finish_dir,
     read_owner,
@@ -154,6 +155,25 @@ def test_claim_dir_creates_marks_and_adds_files(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc:
         claim_dir(user, "evaluate")
     assert str(user) in _one_line(exc) and not (user / OWNER_MARKER).exists()
+
+
+def test_claim_file_records_its_file_and_refuses_a_users(tmp_path: Path) -> None:
+    user = _user_coco(tmp_path / "mine")  # a user's folder: a file may be added next to theirs
+    claim_file(user / "results.json", "predict")
+    assert json.loads((user / OWNER_MARKER).read_text()) == {"stage": "predict", "files": ["results.json"]}
+    (user / "results.json").write_text("[]")
+    claim_file(user / "results.json", "predict")  # its own file: may be overwritten
+    with pytest.raises(DataError, match="refusing to overwrite") as exc:
+        claim_file(user / "train.json", "predict")  # the user's file next to it: never
+    assert "train.json" in _one_line(exc) and (user / "train.json").read_text() == '{"images": []}'
+    assert json.loads((user / OWNER_MARKER).read_text())["files"] == ["results.json"]
+    claim_file(user / "more.json", "predict")
+    assert json.loads((user / OWNER_MARKER).read_text())["files"] == ["more.json", "results.json"]
+    other = tmp_path / "plots"
+    claim_dir(other, "evaluate")
+    with pytest.raises(DataError, match="belongs to sod stage 'evaluate'"):
+        claim_file(other / "results.json", "predict")
+    assert json.loads((other / OWNER_MARKER).read_text())["stage"] == "evaluate"
 
 
 def test_finish_dir_deletes_only_its_own_stale_files(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ import contextlib
 import copy
 import io
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,6 +74,46 @@ def _mean_valid(values: np.ndarray) -> float | None:
     """Mean of the entries > −1 (pycocotools marks 'no GT' with −1); None when there are none."""
     valid = values[values > -1]
     return float(np.mean(valid)) if valid.size else None
+
+
+def coco_results(
+    image_id: int,
+    out: Mapping[str, Tensor],
+    category: Callable[[int], int],
+    score_thresh: float = 0.0,
+    max_dets: int | None = None,
+) -> list[dict[str, Any]]:
+    """One image's prediction in COCO result format, best score first.
+
+    Args:
+        image_id: the COCO image id.
+        out: ``{"boxes": Tensor[N, 4] xyxy in image pixels, "scores": Tensor[N], "labels": Tensor[N] int64}``.
+        category: model label → COCO ``category_id`` (may raise DataError for an unknown label).
+        score_thresh: boxes scoring below this are dropped first.
+        max_dets: keep the best this many; None keeps all.
+
+    Returns:
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h] (bbox_xywh, px, 2 decimals), "score" (5 decimals)}]``.
+    """
+    boxes = torch.as_tensor(out["boxes"]).detach().to("cpu", torch.float64).reshape(-1, 4)
+    scores = torch.as_tensor(out["scores"]).detach().to("cpu", torch.float64).reshape(-1)
+    labels = torch.as_tensor(out["labels"]).detach().to("cpu").reshape(-1)
+    if not len(boxes) == len(scores) == len(labels):
+        raise ValueError(f"image {image_id}: boxes, scores and labels differ in length")
+    keep = scores >= score_thresh
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    # The per-image cap; a stable sort keeps the detector's order among equal scores.
+    order = torch.sort(scores, descending=True, stable=True).indices[:max_dets]
+    dets = []
+    for (x1, y1, x2, y2), score, label in zip(
+        boxes[order].tolist(), scores[order].tolist(), labels[order].tolist(), strict=True
+    ):
+        # Rounded so the JSON stays small; scoring uses these same rounded values.
+        bbox_xywh = [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
+        dets.append(
+            {"image_id": image_id, "category_id": category(int(label)), "bbox": bbox_xywh, "score": round(score, 5)}
+        )
+    return dets
 
 
 class CocoEvaluator:
@@ -287,24 +327,9 @@ class CocoEvaluator:
 
     # ------------------------------------------------------------------------------------ internals
     def _to_coco(self, image_id: int, out: Mapping[str, Tensor]) -> list[dict[str, Any]]:
-        boxes = torch.as_tensor(out["boxes"]).detach().to("cpu", torch.float64).reshape(-1, 4)
-        scores = torch.as_tensor(out["scores"]).detach().to("cpu", torch.float64).reshape(-1)
-        labels = torch.as_tensor(out["labels"]).detach().to("cpu").reshape(-1)
-        if not len(boxes) == len(scores) == len(labels):
-            raise ValueError(f"image {image_id}: boxes, scores and labels differ in length")
-        keep = scores >= self.score_thresh
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        # Our per-image cap; a stable sort keeps the detector's order among equal scores.
-        order = torch.sort(scores, descending=True, stable=True).indices[: self.max_dets]
-        dets = []
-        for (x1, y1, x2, y2), score, label in zip(
-            boxes[order].tolist(), scores[order].tolist(), labels[order].tolist(), strict=True
-        ):
-            # Rounded so the JSON stays small; scoring uses these same rounded values.
-            bbox_xywh = [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
-            category_id = self._category(int(label), image_id)
-            dets.append({"image_id": image_id, "category_id": category_id, "bbox": bbox_xywh, "score": round(score, 5)})
-        return dets
+        return coco_results(
+            image_id, out, lambda label: self._category(label, image_id), self.score_thresh, self.max_dets
+        )
 
     def _category(self, label: int, image_id: int) -> int:
         if self.label_to_category is None:

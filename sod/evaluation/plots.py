@@ -224,3 +224,36 @@ def plot_sr_preview(rows: Sequence[Sequence[np.ndarray]], columns: Sequence[str]
             tile = Image.fromarray(crop).resize((cell, cell), Image.Resampling.NEAREST)
             canvas.paste(tile, (c * cell, SR_PREVIEW_HEADER + r * cell))
     save_png(path, np.asarray(canvas))
+
+
+def draw_boxes(
+    image_rgb: np.ndarray,
+    boxes_xyxy: np.ndarray,
+    captions: Sequence[str],
+    color: str = PRED_COLOR,
+    width: int | None = None,
+) -> np.ndarray:
+    """The image with each box drawn on it and its caption above it, at the image's own resolution.
+
+    Drawn with PIL (one image pixel per output pixel, no figure), for ``sod predict --draw``.
+
+    Args:
+        image_rgb: ``(H, W, 3) uint8``.
+        boxes_xyxy: ``(N, 4)`` in image pixels.
+        captions: one text per box (e.g. ``"face 0.87"``); empty strings draw none.
+        color: the box and text colour.
+        width: line width in px; None = 1 px per 800 px of the image's long side (at least 1), so boxes stay
+            visible on large images.
+
+    Returns:
+        A new ``(H, W, 3) uint8`` array.
+    """
+    canvas = Image.fromarray(image_rgb)
+    draw = ImageDraw.Draw(canvas)
+    width = max(1, max(canvas.size) // 800) if width is None else width
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    for (x1, y1, x2, y2), caption in zip(boxes, captions, strict=True):
+        draw.rectangle((x1, y1, x2, y2), outline=color, width=width)
+        if caption:
+            draw.text((x1, max(0.0, y1 - 11)), caption, fill=color)
+    return np.asarray(canvas)

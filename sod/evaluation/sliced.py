@@ -1,7 +1,12 @@
-"""Sliced (tiled) inference and a test-time image pyramid, merged into one prediction per image.
+"""The tiling and merging engine of sliced (tiled) inference and the test-time image pyramid.
+
+:class:`sod.evaluation.predictor.Predictor` is the public way to run a trained detector on images of any
+size; it drives :class:`SlicedPredictor` with the detector's input size and a forward pass that does not
+resize again. This module knows nothing of models: it cuts jobs, runs a ``predict_fn`` on batches of them
+and merges the results.
 
 The sliding-window / image-pyramid idea of the small-object survey done the way SAHI (Akyon et al. 2022)
-does it: cut each image into overlapping tiles, optionally upscale each tile, run the detector on
+does it: cut each image into overlapping tiles of its own pixels, resize each tile, run the detector on
 *batches* of tiles, shift the boxes back into image coordinates and merge them with the full-image
 prediction (and with full-image passes at other scales). The merge is class-aware:
 
@@ -16,10 +21,15 @@ whole has IoS 1), is above ``match_thresh``.
 
 The detector is any callable ``predict_fn(images) -> outputs`` over a list of ``Tensor[3, H, W]`` float
 images (sizes may differ) returning torchvision-style dicts ``{"boxes": Tensor[N, 4] xyxy in the input's
-pixels, "scores": Tensor[N], "labels": Tensor[N] int64}``, e.g. a torchvision detector in eval mode under
-``torch.inference_mode()``. Note that torchvision detectors resize every input to their own
-``min_size``/``max_size``: a tile smaller than that is upscaled by the model itself, so ``predict_fn``
-should run inputs at the size they come in (``sod.stages.evaluate`` does) for the scales here to hold.
+pixels, "scores": Tensor[N], "labels": Tensor[N] int64}``. It must run inputs at the size they come in
+(torchvision detectors resize every input to their ``min_size``/``max_size``; the Predictor's forward pass
+switches that off) for the scales here to hold.
+
+Tile shape. Tiles are ``tile`` x ``tile`` px of the image; the last tile of a row or column is aligned to the
+image border (as SAHI does), so only an image side shorter than the tile gives a shorter tile. Such a tile
+is zero-padded at its bottom/right to the full tile shape, so every tile of an image is one tensor shape
+(odd-shaped tiles would each cost a batch of their own); its boxes are clipped to the image part of the
+tile and dropped when nothing of them is left.
 
 Scale rule. A detector sees its objects at the pixel scale it trained on only if a tile is resized by the
 same factor as the full image: :func:`full_image_factor`, torchvision's rule. That is the default
@@ -46,6 +56,8 @@ from sod.config import COCO_SMALL_AREA, EvaluateConfig
 
 Prediction = dict[str, Tensor]
 PredictFn = Callable[[list[Tensor]], Sequence[Prediction]]
+# resize(image Tensor[C, H, W], (new_h, new_w)) -> Tensor[C, new_h, new_w]
+ResizeFn = Callable[[Tensor, tuple[int, int]], Tensor]
 MergeMethod = Literal["nms", "greedy_nmm"]
 MatchMetric = Literal["iou", "ios"]
 
@@ -221,52 +233,67 @@ def _empty_labels(image: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class _Job:
-    """One detector input: the crop ``crop_xyxy`` (px) of ``images[image]``, resized by ``scale``."""
+    """One detector input: the crop ``crop_xyxy`` (px) of ``images[image]``, zero-padded at its bottom/right
+    to ``pad_hw`` (None: no padding), then resized by ``scale``."""
 
     image: int
     crop_xyxy: tuple[int, int, int, int]
     scale: float
+    pad_hw: tuple[int, int] | None = None
 
 
-def _resize(image: Tensor, scale: float) -> tuple[Tensor, tuple[float, float]]:
+def bilinear_resize(image: Tensor, size_hw: tuple[int, int]) -> Tensor:
+    """The default :data:`ResizeFn`: bilinear, antialiased when shrinking (``Tensor[C, H, W]`` → ``[C, h, w]``)."""
+    shrink = size_hw[0] < image.shape[-2] or size_hw[1] < image.shape[-1]
+    return F.interpolate(image[None], size=size_hw, mode="bilinear", align_corners=False, antialias=shrink)[0]
+
+
+def _resize(image: Tensor, scale: float, resize: ResizeFn) -> tuple[Tensor, tuple[float, float]]:
     """Resize ``Tensor[C, H, W]`` by ``scale``; returns it and the exact (x, y) factors used."""
     if scale == 1.0:
         return image, (1.0, 1.0)
     h, w = image.shape[-2:]
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    out = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
-    return out[0], (nw / w, nh / h)
+    return resize(image, (nh, nw)), (nw / w, nh / h)
+
+
+def _job_input(image: Tensor, job: _Job, resize: ResizeFn) -> tuple[Tensor, tuple[float, float]]:
+    """The detector input of ``job`` (``Tensor[C, h, w]``) and its (x, y) factors from image pixels."""
+    x0, y0, x1, y1 = job.crop_xyxy
+    crop = image[:, y0:y1, x0:x1]
+    if job.pad_hw is not None and job.pad_hw != tuple(crop.shape[-2:]):
+        ph, pw = job.pad_hw
+        crop = F.pad(crop, (0, pw - crop.shape[-1], 0, ph - crop.shape[-2]))  # zeros right and below
+    return _resize(crop, job.scale, resize)
 
 
 def _run_jobs(
-    images: Sequence[Tensor], jobs: list[_Job], predict_fn: PredictFn, batch_size: int
+    images: Sequence[Tensor], jobs: list[_Job], predict_fn: PredictFn, batch_size: int, resize: ResizeFn
 ) -> list[list[Prediction]]:
     """Run the detector on ``jobs`` in batches; per image, the predictions mapped to image pixels."""
     per_image: list[list[Prediction]] = [[] for _ in images]
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        inputs, factors = [], []
-        for job in chunk:
-            x0, y0, x1, y1 = job.crop_xyxy
-            crop, factor = _resize(images[job.image][:, y0:y1, x0:x1], job.scale)
-            inputs.append(crop)
-            factors.append(factor)
-        outputs = predict_fn(inputs)
+        inputs, factors = zip(*(_job_input(images[job.image], job, resize) for job in chunk), strict=True)
+        outputs = predict_fn(list(inputs))
         if len(outputs) != len(inputs):
             raise ValueError(f"predict_fn returned {len(outputs)} outputs for {len(inputs)} inputs")
         for job, (fx, fy), out in zip(chunk, factors, outputs, strict=True):
             boxes = out["boxes"].reshape(-1, 4).float()
-            x0, y0 = job.crop_xyxy[:2]
+            scores, labels = out["scores"].reshape(-1), out["labels"].reshape(-1)
+            x0, y0, x1, y1 = job.crop_xyxy
             # Undo the resize, then the crop offset: input pixels → image pixels.
             scale = boxes.new_tensor([fx, fy, fx, fy])
             offset = boxes.new_tensor([x0, y0, x0, y0])
-            per_image[job.image].append(
-                {
-                    "boxes": boxes / scale + offset,
-                    "scores": out["scores"].reshape(-1),
-                    "labels": out["labels"].reshape(-1),
-                }
-            )
+            boxes = boxes / scale + offset
+            if job.pad_hw is not None and job.pad_hw != (y1 - y0, x1 - x0):
+                # A padded tile: what lies in the zeros is not in the image. Clip to the tile's image part and
+                # drop the boxes that had nothing else.
+                boxes[:, 0::2] = boxes[:, 0::2].clamp(x0, x1)
+                boxes[:, 1::2] = boxes[:, 1::2].clamp(y0, y1)
+                keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            per_image[job.image].append({"boxes": boxes, "scores": scores, "labels": labels})
     return per_image
 
 
@@ -278,6 +305,7 @@ class SlicedPredictor:
     * a full-image pass at each of ``scales`` (the test-time pyramid; ``[1.0]`` = the plain image), unless
       ``sliced`` is on and ``include_full`` is off;
     * with ``sliced`` on, every tile of :func:`tile_grid` ``(tile, overlap)`` (in the given image's pixels),
+      zero-padded to ``tile`` x ``tile`` where the image is shorter than the tile (see the module docstring),
       resized by :meth:`tile_scale`: the full image's factor (``upscale=None``), times ``upscale`` if given.
 
     The full image's factor is 1 when ``input_size`` is None (images come at the detector's input scale
@@ -306,6 +334,7 @@ class SlicedPredictor:
             the full image shows no small-object candidate.
         select_score: the candidate score for ``select='small'``; keep it low, the tiles exist to
             confirm weak small detections.
+        resize: how inputs are resized (:data:`ResizeFn`); None = :func:`bilinear_resize`.
     """
 
     def __init__(
@@ -326,6 +355,7 @@ class SlicedPredictor:
         select: Literal["all", "small"] = "all",
         select_score: float = 0.05,
         input_size: tuple[int, int] | None = None,
+        resize: ResizeFn | None = None,
     ) -> None:
         if batch_size < 1 or (upscale is not None and upscale <= 0) or not scales or min(scales) <= 0:
             raise ValueError(f"need batch_size ≥ 1, upscale > 0, scales > 0; got {batch_size}, {upscale}, {scales}")
@@ -340,6 +370,7 @@ class SlicedPredictor:
         self.scales = tuple(scales)
         self.max_dets = max_dets
         self.select, self.select_score = select, select_score
+        self.resize: ResizeFn = bilinear_resize if resize is None else resize
 
     @classmethod
     def from_config(
@@ -348,12 +379,9 @@ class SlicedPredictor:
         cfg: EvaluateConfig,
         sliced: bool | None = None,
         input_size: tuple[int, int] | None = None,
+        resize: ResizeFn | None = None,
     ) -> SlicedPredictor:
-        """Build from the ``evaluate`` params section; ``sliced`` overrides ``cfg.sliced.enabled``.
-
-        The evaluate stage makes two: ``sliced=False`` (full image and pyramid) and ``sliced=True``, on images
-        it has resized to the detector's input scale (``input_size`` None).
-        """
+        """Build from the ``evaluate`` params section; ``sliced`` overrides ``cfg.sliced.enabled``."""
         s = cfg.sliced
         return cls(
             predict_fn,
@@ -371,6 +399,7 @@ class SlicedPredictor:
             select=s.select,
             select_score=s.select_score,
             input_size=input_size,
+            resize=resize,
         )
 
     def image_scale(self, height: int, width: int) -> float:
@@ -395,7 +424,7 @@ class SlicedPredictor:
             if probes is not None:
                 tiles = tiles[_tiles_with_small_boxes(tiles, probes[i], self.select_score)]
             scale = self.tile_scale(image.shape[-2], image.shape[-1])
-            jobs += [_Job(i, tuple(t), scale) for t in tiles.tolist()]
+            jobs += [_Job(i, tuple(t), scale, (self.tile, self.tile)) for t in tiles.tolist()]
         return jobs
 
     def _jobs(self, images: Sequence[Tensor]) -> list[_Job]:
@@ -406,10 +435,10 @@ class SlicedPredictor:
     def passes(self, images: Sequence[Tensor]) -> list[list[Prediction]]:
         """Unmerged predictions: per image, one dict per pass (full-image passes first), in image pixels."""
         if not (self.sliced and self.select == "small"):
-            return _run_jobs(images, self._jobs(images), self.predict_fn, self.batch_size)
+            return _run_jobs(images, self._jobs(images), self.predict_fn, self.batch_size, self.resize)
         # Two rounds: the full-image passes probe where small objects may be, then only those tiles run.
-        full = _run_jobs(images, self._full_jobs(images), self.predict_fn, self.batch_size)
-        tiles = _run_jobs(images, self._tile_jobs(images, full), self.predict_fn, self.batch_size)
+        full = _run_jobs(images, self._full_jobs(images), self.predict_fn, self.batch_size, self.resize)
+        tiles = _run_jobs(images, self._tile_jobs(images, full), self.predict_fn, self.batch_size, self.resize)
         return [(f if self.include_full else []) + t for f, t in zip(full, tiles, strict=True)]
 
     def __call__(self, images: Sequence[Tensor]) -> list[Prediction]:

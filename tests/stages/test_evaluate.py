@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from sod.evaluation.plots import RECALL_SERIES
 from sod.io import read_json
-from sod.stages.evaluate import _native_size_predict_fn
 from tests.evaluation.test_plots import (
     _assert_png,
     _pixels,
@@ -173,22 +171,6 @@ def test_sr_input_model_is_also_scored_with_bicubic_input(tiny_pipeline: Path, s
     assert "sliced" not in control
     dets = read_json(root / "reports/detections_sr.json")  # in the val images' own pixels, not the 2× input's
     assert max(d["bbox"][0] + d["bbox"][2] for d in dets) <= 128 + 1e-3
-
-
-def test_label_zero_is_dropped_from_predictions() -> None:
-    """torchvision's RetinaNet returns its unused label 0 at a low score threshold; no evaluation sees it."""
-
-    class Fake(torch.nn.Module):
-        transform = type("T", (), {"min_size": (320,), "max_size": 320})()
-
-        def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-            boxes = torch.tensor([[0.0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 6, 6]])
-            labels, scores = torch.tensor([1, 0, 2]), torch.tensor([0.3, 0.2, 0.1])
-            return [{"boxes": boxes, "labels": labels, "scores": scores} for _ in images]
-
-    (out,) = _native_size_predict_fn(Fake())([torch.zeros(3, 8, 8)])
-    assert out["labels"].tolist() == [1, 2] and out["scores"].tolist() == pytest.approx([0.3, 0.1])
-    assert out["boxes"].tolist() == [[0, 0, 4, 4], [2, 2, 6, 6]]
 
 
 def test_plain_model_has_no_bicubic_control(evaluated: dict[str, Path]) -> None:
