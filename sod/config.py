@@ -45,11 +45,23 @@ class EmbeddedConfig:
     # Scene i draws from numpy default_rng([seed, i]); SeedSequence needs seed ≥ 0.
     seed: int = field(default=0, metadata=rng(ge=0))
     images: int = field(default=400, metadata=rng(ge=2))  # total scenes, split by prepare.val_fraction
-    image_size: int = field(default=320, metadata=rng(ge=64, le=4096))  # square scenes, px
-    objects_min: int = field(default=6, metadata=rng(ge=0))  # labelled objects per scene (uniform)
+    # Square scenes, px. Object sizes are absolute px, so a larger scene has more empty ground (see layout).
+    image_size: int = field(default=320, metadata=rng(ge=64, le=4096))
+    # Where the labelled objects go. uniform: anywhere in the scene (the 320 px default); clusters: scattered
+    # around a few centres, like cars in parking lots or boats in harbours, the rest of a large scene empty;
+    # auto: clusters when image_size > 320, else uniform.
+    layout: Literal["auto", "uniform", "clusters"] = "auto"
+    # Labelled objects (uniform in [min, max]) per scene, or per cluster in the clusters layout.
+    objects_min: int = field(default=6, metadata=rng(ge=0))
     objects_max: int = field(default=16, metadata=rng(ge=0))
-    distractors_min: int = field(default=2, metadata=rng(ge=0))  # unlabelled clutter per scene
+    # Unlabelled clutter (uniform in [min, max]) per scene, or per 320×320 px of scene in the clusters layout
+    # (clutter lies everywhere, so the empty ground of a large scene is not blank).
+    distractors_min: int = field(default=2, metadata=rng(ge=0))
     distractors_max: int = field(default=8, metadata=rng(ge=0))
+    clusters_min: int = field(default=2, metadata=rng(ge=1))  # cluster centres per scene (clusters layout)
+    clusters_max: int = field(default=4, metadata=rng(ge=1))
+    # An object's offset from its cluster centre is normal with σ = cluster_spread × its own long side per axis.
+    cluster_spread: float = field(default=3.0, metadata=rng(gt=0, le=100))
     digits: list[int] = field(default_factory=lambda: list(range(10)))  # MNIST classes used
     faces: bool = True  # add a 'face' class from skimage's LFW subset
     # kinds: one class per kind of object ('digit', 'face'), told apart by shape and texture even at 8 px;
@@ -508,7 +520,11 @@ def _check_range(f: dataclasses.Field, value: Any, key: str) -> None:
 def _cross_checks(obj: Any, prefix: str) -> None:
     """Rules that involve more than one key of a section."""
     if isinstance(obj, EmbeddedConfig):
-        for lo, hi in (("objects_min", "objects_max"), ("distractors_min", "distractors_max")):
+        for lo, hi in (
+            ("objects_min", "objects_max"),
+            ("distractors_min", "distractors_max"),
+            ("clusters_min", "clusters_max"),
+        ):
             if getattr(obj, lo) > getattr(obj, hi):
                 raise ConfigError(f"{prefix + lo!r} = {getattr(obj, lo)} exceeds {prefix + hi!r} = {getattr(obj, hi)}")
         if obj.frac_tiny + obj.frac_small + obj.frac_medium > 1 + 1e-9:

@@ -25,6 +25,16 @@ sensor noise. Object sizes follow ``EmbeddedConfig.frac_*``; the COCO box is the
 alpha above ``_ALPHA_VISIBLE``. Scene ``i`` draws only from ``default_rng([seed, i])``, so the output is
 byte-identical for the same config, and growing ``images`` keeps the earlier scenes unchanged.
 
+Large scenes (``image_size`` up to 4,096; 2,048 px takes ~0.7 s a scene): object sizes are absolute pixels, the
+same 6–170 px at every ``image_size``, so a 1,280 px scene is mostly empty ground, as aerial imagery is. The
+``clusters`` layout (``layout: auto`` picks it above 320 px) puts the objects around a few centres, like cars
+in parking lots or boats in harbours (``clusters_*``, ``cluster_spread``, and ``objects_*`` per cluster), and
+spreads the clutter over the whole scene (``distractors_*`` per 320×320 px). The background photographs are
+only 172–1,411 px on their short side: a scene of side S uses only those whose short side is at least S/4,
+so no background is upscaled more than 4× (at 2,048 px: the nine of 512 px or more; the upscale leaves a
+blurred but real texture, which is what a background needs). The default, 320 px ``uniform``, is unchanged
+to the byte by all of this (``tests/data/test_embedded.py`` pins its digest).
+
 Classes and scene mix (why the default is what it is): telling ten handwritten digits apart at 6–12 px is
 beyond what a detector learns in a CPU budget, so the default labels each object by its kind (``digit`` or
 ``face``: strokes of one ink colour vs. a grey textured patch, distinct even at 8 px) and the digit identity
@@ -81,6 +91,13 @@ _SIZE_RANGES_PX = {
 }
 # No object's long side exceeds this fraction of the image side (only matters for image_size < ~285).
 _MAX_OBJECT_FRACTION = 0.6
+# The scene side the per-scene counts (objects_*, distractors_*) were tuned at; layout auto clusters above it,
+# and the clusters layout scales the clutter count by the scene's area in units of this square.
+_REFERENCE_SIZE = 320
+# No background photograph is upscaled more than this: the ones too small for a scene are not drawn for it.
+_MAX_BACKGROUND_UPSCALE = 4
+# Cluster centres lie this fraction of the side away from the border, so most of a cluster is in the scene.
+_CLUSTER_CENTRE_MARGIN = 0.1
 _DISTRACTOR_SIZE_PX = (6.0, 48.0)
 # Alpha above this counts as visible object: it defines the tight box.
 _ALPHA_VISIBLE = 0.25
@@ -153,6 +170,17 @@ def category_names(cfg: EmbeddedConfig) -> list[str]:
     return [f"digit_{d}" for d in sorted(cfg.digits)] + (["face"] if cfg.faces else [])
 
 
+def scene_layout(cfg: EmbeddedConfig) -> str:
+    """The layout a scene of ``cfg`` uses: ``cfg.layout``, with ``auto`` resolved by ``image_size``.
+
+    Returns:
+        ``"clusters"`` for ``layout: clusters``, or ``auto`` with ``image_size`` > 320; else ``"uniform"``.
+    """
+    if cfg.layout == "auto":
+        return "clusters" if cfg.image_size > _REFERENCE_SIZE else "uniform"
+    return cfg.layout
+
+
 def scene_without_small(cfg: EmbeddedConfig, index: int) -> bool:
     """Whether scene ``index`` is drawn without its small objects (share ``cfg.scenes_without_small``).
 
@@ -208,18 +236,33 @@ def render_scene(cfg: EmbeddedConfig, rng: np.random.Generator, sources: Sources
 
     Returns:
         the scene; labelled boxes lie inside the image, have IoU ≤ ``_MAX_IOU`` with each other, and no
-        distractor rectangle touches a labelled object's pasted rectangle.
+        distractor rectangle touches a labelled object's pasted rectangle. An object that finds no free
+        place in ``_PLACEMENT_TRIES`` draws is left out.
+
+    The uniform layout's draws (and so its bytes) are those of the generator before the clusters layout
+    existed: the clusters layout only adds draws on its own branches.
     """
     size = cfg.image_size
+    clustered = scene_layout(cfg) == "clusters"
     background = _background(rng, sources, size)
     canvas = background.astype(np.float32)
     n_classes = len(category_names(cfg))
 
+    # Which cluster each object belongs to (-1: none, uniform layout); centres are (x, y) px.
+    if clustered:
+        n_clusters = int(rng.integers(cfg.clusters_min, cfg.clusters_max + 1))
+        lo, hi = _CLUSTER_CENTRE_MARGIN * size, (1 - _CLUSTER_CENTRE_MARGIN) * size
+        centres_xy = rng.uniform(lo, hi, size=(n_clusters, 2))
+        owners = [c for c in range(n_clusters) for _ in range(int(rng.integers(cfg.objects_min, cfg.objects_max + 1)))]
+    else:
+        centres_xy = np.zeros((0, 2))
+        owners = [-1] * int(rng.integers(cfg.objects_min, cfg.objects_max + 1))
+
     # Draw every object first, then place the largest first: they are the hardest to fit.
     planned = []
-    for _ in range(int(rng.integers(cfg.objects_min, cfg.objects_max + 1))):
+    for owner in owners:
         cat = int(rng.integers(1, n_classes + 1))
-        planned.append((_object_long_side(cfg, rng), cat))
+        planned.append((_object_long_side(cfg, rng), cat, owner))
     planned.sort(key=lambda t: -t[0])
     if without_small:  # tiny and small draws can never give a non-small box: skip drawing their sprites
         planned = [p for p in planned if p[0] >= _SIZE_RANGES_PX["small"][1]]
@@ -227,7 +270,7 @@ def render_scene(cfg: EmbeddedConfig, rng: np.random.Generator, sources: Sources
     placed_rects: list[tuple[int, int, int, int]] = []  # full pasted rectangles, x0 y0 x1 y1
     placed_tight: list[tuple[int, int, int, int]] = []
     objects = []
-    for long_side, cat in planned:
+    for long_side, cat, owner in planned:
         sprite = _object_sprite(cfg, rng, sources, cat, long_side)
         if sprite is None or max(sprite.alpha.shape) > size:
             continue
@@ -236,7 +279,15 @@ def render_scene(cfg: EmbeddedConfig, rng: np.random.Generator, sources: Sources
             continue
         h, w = sprite.alpha.shape
         for _ in range(_PLACEMENT_TRIES):
-            y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+            if owner < 0:
+                y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+            else:
+                # Sprite centre ~ N(cluster centre, (cluster_spread × long side)²) per axis; a draw that
+                # puts the sprite past the border is a failed try, like an overlapping one.
+                cx, cy = centres_xy[owner] + rng.normal(0.0, cfg.cluster_spread * long_side, size=2)
+                x, y = round(float(cx) - w / 2), round(float(cy) - h / 2)
+                if not (0 <= x <= size - w and 0 <= y <= size - h):
+                    continue
             tight = (x + tx0, y + ty0, x + tx1, y + ty1)
             if all(_compatible(tight, other) for other in placed_tight):
                 placed_tight.append(tight)
@@ -245,7 +296,11 @@ def render_scene(cfg: EmbeddedConfig, rng: np.random.Generator, sources: Sources
                 break
 
     distractor_boxes: list[list[float]] = []
-    for _ in range(int(rng.integers(cfg.distractors_min, cfg.distractors_max + 1))):
+    d_min, d_max = cfg.distractors_min, cfg.distractors_max
+    if clustered:  # per 320×320 px of scene: the clutter covers the empty ground too
+        area_ratio = (size / _REFERENCE_SIZE) ** 2
+        d_min, d_max = round(d_min * area_ratio), round(d_max * area_ratio)
+    for _ in range(int(rng.integers(d_min, d_max + 1))):
         sprite = _distractor_sprite(rng, sources)
         if sprite is None or max(sprite.alpha.shape) > size:
             continue
@@ -320,8 +375,19 @@ def build_embedded(cfg: EmbeddedConfig, out_dir: Path, progress: bool = False) -
 
 # ------------------------------------------------------------------------------------------- drawing
 def _background(rng: np.random.Generator, sources: Sources, size: int) -> np.ndarray:
-    """A random square crop of a random background, flipped, resized to ``size``, brightness-jittered."""
-    src = sources.backgrounds[int(rng.integers(len(sources.backgrounds)))]
+    """A random square crop of a random background, flipped, resized to ``size``, brightness-jittered.
+
+    Only backgrounds whose short side is at least ``size / _MAX_BACKGROUND_UPSCALE`` are drawn (all of them
+    up to 688 px scenes), and the crop is at least ``min(short side, size / 2)``, so the upscale is ≤ 4×.
+
+    Returns:
+        ``(size, size, 3) uint8``.
+    """
+    # Up to 688 px every background is eligible and this draw is the one of the generator before the rule.
+    eligible = [b for b in sources.backgrounds if _MAX_BACKGROUND_UPSCALE * min(b.shape[:2]) >= size]
+    if not eligible:  # only for image_size > 4 × 1,411 px, beyond the config's 4,096 px limit
+        raise ValueError(f"no background is at least {size / _MAX_BACKGROUND_UPSCALE:g} px on its short side")
+    src = eligible[int(rng.integers(len(eligible)))]
     h, w = src.shape[:2]
     m = min(h, w)
     # Don't crop much below half the output size: a 5× upscale is mostly blur.

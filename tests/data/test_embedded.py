@@ -1,7 +1,9 @@
-"""Tests for sod.data.embedded: determinism, valid COCO output, the size mix, real pasted objects."""
+"""Tests for sod.data.embedded: determinism, valid COCO output, the size mix, real pasted objects, large
+clustered scenes, and the default's bytes pinned to those of the generator before large scenes existed."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +13,19 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torchvision.ops import box_iou
 
-from sod.config import COCO_SMALL_AREA, EmbeddedConfig
+from sod.config import COCO_SMALL_AREA, EmbeddedConfig, load_params
 from sod.data.embedded import (
+    Sources,
+    _background,
     _finish,
     build_embedded,
     category_names,
     load_sources,
     render_scene,
+    scene_layout,
     scene_without_small,
 )
+from sod.errors import ConfigError
 
 
 def _small_cfg(**overrides) -> EmbeddedConfig:
@@ -181,3 +187,173 @@ def test_size_mix_follows_the_configured_fractions(frac_tiny: float, frac_small:
         assert (area < COCO_SMALL_AREA).mean() >= 0.6
         assert (long_side < 12).mean() >= 0.15
         assert ((area >= COCO_SMALL_AREA) & (area < 96**2)).any() and (area >= 96**2).any()
+
+
+# ------------------------------------------------------------------------------------ the pinned default
+# Digests of build_embedded(EmbeddedConfig(images=4)), computed with main's code at cc51de4, before the
+# clusters layout and the background-size rule existed. The default (320 px, uniform) must not move by a
+# byte: the committed results were trained on it. If only _FILES_SHA256 fails, the PNG encoder (Pillow's
+# zlib) changed, not the scenes; never update these digests from the new code without that proof.
+_PIXELS_AND_ANNOTATIONS_SHA256 = "91f25058942993ff76131fea295e79995c08eb0232c99fcf42cca976b4499c3f"
+_FILES_SHA256 = "085a136e654b14e3bb58bba06dfc6aca9bf81eae04ed4221b0259f576e997600"
+
+
+def test_default_config_is_byte_identical_to_the_generator_before_large_scenes(tmp_path: Path) -> None:
+    cfg = EmbeddedConfig(images=4)
+    assert scene_layout(cfg) == "uniform"
+    build_embedded(cfg, tmp_path)
+    pixels = hashlib.sha256((tmp_path / "annotations.json").read_bytes())
+    files = hashlib.sha256()
+    for p in sorted(tmp_path.rglob("*")):
+        if p.is_file():
+            files.update(str(p.relative_to(tmp_path)).encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+            if p.suffix == ".png":
+                with Image.open(p) as im:
+                    pixels.update(np.asarray(im).tobytes())
+    assert pixels.hexdigest() == _PIXELS_AND_ANNOTATIONS_SHA256, "the default scenes or boxes changed"
+    assert files.hexdigest() == _FILES_SHA256, "same pixels, other PNG bytes: the encoder changed"
+
+
+def test_params_yaml_embedded_section_is_the_default() -> None:
+    # The pinned digest above is of EmbeddedConfig(); the DAG reads params.yaml: they must agree.
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert params.data.embedded == EmbeddedConfig()
+
+
+# ------------------------------------------------------------------------------------------ large scenes
+def _nn_ratio(boxes_xywh: np.ndarray, size: int) -> float:
+    """Mean nearest-neighbour distance of the box centres over its expectation for as many points drawn
+    uniformly in the square: 0.5 · size / √n (Poisson points of density n / size²; edges make it a bit
+    larger). About 1 for a uniform layout, well below 1 for clusters."""
+    centres = boxes_xywh[:, :2] + boxes_xywh[:, 2:] / 2
+    d = torch.cdist(torch.from_numpy(centres), torch.from_numpy(centres)).fill_diagonal_(float("inf"))
+    return float(d.min(dim=1).values.mean()) / (0.5 * size / np.sqrt(len(centres)))
+
+
+def _size_shares(long_side: np.ndarray) -> np.ndarray:
+    """Shares of the buckets tiny, small (+ the 30–34 gap), medium (+ the 90–100 gap), large."""
+    return np.array(
+        [
+            (long_side < 12).mean(),
+            ((long_side >= 12) & (long_side < 34)).mean(),
+            ((long_side >= 34) & (long_side < 100)).mean(),
+            (long_side >= 100).mean(),
+        ]
+    )
+
+
+def test_layout_auto_clusters_above_320_px_only() -> None:
+    assert [scene_layout(EmbeddedConfig(image_size=s)) for s in (160, 320, 321, 1280)] == [
+        "uniform",
+        "uniform",
+        "clusters",
+        "clusters",
+    ]
+    assert scene_layout(EmbeddedConfig(image_size=1280, layout="uniform")) == "uniform"
+    assert scene_layout(EmbeddedConfig(image_size=160, layout="clusters")) == "clusters"
+
+
+def test_1280_px_scenes_keep_the_pixel_sizes_and_cluster_the_small_objects() -> None:
+    big = EmbeddedConfig(seed=5, image_size=1280, scenes_without_small=0.0)
+    scenes = _scenes(big, 6)
+    boxes = [np.array(s.boxes_xywh) for s in scenes]
+    all_boxes = np.concatenate(boxes)
+    assert scene_layout(big) == "clusters" and len(all_boxes) > 6 * 2 * 6 // 2  # ≥ 2 clusters of ≥ 6, few lost
+
+    # Every box inside the 1280 px image.
+    x, y, w, h = all_boxes.T
+    assert (w > 0).all() and (h > 0).all() and (x >= 0).all() and (y >= 0).all()
+    assert (x + w <= 1280).all() and (y + h <= 1280).all()
+
+    # Same px sizes as the 320 px default: the same 6..170 px range (±2 px of tight-box rounding) and the
+    # same bucket shares as 24 default scenes, within sampling noise (~250 boxes: σ ≤ 0.03 per share).
+    long_side = all_boxes[:, 2:].max(axis=1)
+    ref_cfg = EmbeddedConfig(seed=5, scenes_without_small=0.0)
+    ref = np.concatenate([np.array(s.boxes_xywh) for s in _scenes(ref_cfg, 24)])
+    ref_long = ref[:, 2:].max(axis=1)
+    assert 6 - 2 <= long_side.min() < 12 and 100 <= long_side.max() <= 170 + 2, (long_side.min(), long_side.max())
+    assert ref_long.min() >= 6 - 2 and ref_long.max() <= 170 + 2
+    assert np.allclose(_size_shares(long_side), _size_shares(ref_long), atol=0.08)
+
+    # Clustered: the COCO-small objects (σ ≤ 3 × 30 px around ≤ 4 centres) lie far closer to each other
+    # than as many uniform points would; the same count drawn uniformly gives a ratio near 1.
+    small = [b[b[:, 2] * b[:, 3] < COCO_SMALL_AREA] for b in boxes]
+    assert all(_nn_ratio(b, 1280) < 0.6 for b in small), [_nn_ratio(b, 1280) for b in small]
+    uniform = _scenes(EmbeddedConfig(seed=5, image_size=1280, layout="uniform", objects_min=40, objects_max=40), 3)
+    uniform_small = [np.array(s.boxes_xywh) for s in uniform]
+    uniform_small = [b[b[:, 2] * b[:, 3] < COCO_SMALL_AREA] for b in uniform_small]
+    assert np.mean([_nn_ratio(b, 1280) for b in uniform_small]) > 0.8
+
+    # Mostly empty: a drawn object's box covers at most 0.3·12² + 0.5·30² + 0.15·90² + 0.05·170² ≈ 3,150 px²
+    # on average and a scene holds 3 × 11 objects on average: ≤ 104,000 px², 6 % of 1280². Bound: 10 %.
+    cover = [float((b[:, 2] * b[:, 3]).sum()) / 1280**2 for b in boxes]
+    assert np.mean(cover) < 0.10, cover
+
+    # Labelled objects keep the overlap limit of the uniform layout, and distractors stay clear.
+    for scene in scenes:
+        labelled = _xyxy(scene.boxes_xywh)
+        assert box_iou(labelled, labelled).fill_diagonal_(0).max() <= 0.1
+        assert box_iou(_xyxy(scene.distractor_boxes_xywh), labelled).max() == 0
+
+
+def test_clusters_count_objects_per_cluster_and_distractors_per_320_px_square() -> None:
+    # Two clusters of three tiny faces on a 640 px scene: tiny objects always find a place, so exactly six.
+    # Distractors: 2 per 320² px → 2 × (640 / 320)² = 8 draws (a digit fragment may draw nothing visible).
+    cfg = EmbeddedConfig(
+        seed=1,
+        image_size=640,
+        digits=[],
+        clusters_min=2,
+        clusters_max=2,
+        objects_min=3,
+        objects_max=3,
+        distractors_min=2,
+        distractors_max=2,
+        frac_tiny=1.0,
+        frac_small=0.0,
+        frac_medium=0.0,
+        scenes_without_small=0.0,
+    )
+    for scene in _scenes(cfg, 4):
+        assert scene.category_ids == [1] * 6
+        assert 2 < len(scene.distractor_boxes_xywh) <= 8
+
+
+def test_large_scenes_are_deterministic() -> None:
+    cfg = EmbeddedConfig(seed=2, image_size=1280)
+    a, b = _scenes(cfg, 2), _scenes(cfg, 2)
+    for sa, sb in zip(a, b, strict=True):
+        assert np.array_equal(sa.image, sb.image)
+        assert (sa.boxes_xywh, sa.category_ids) == (sb.boxes_xywh, sb.category_ids)
+
+
+def test_a_2048_px_scene_generates() -> None:
+    (scene,) = _scenes(EmbeddedConfig(seed=0, image_size=2048, scenes_without_small=0.0), 1)
+    assert scene.image.shape == (2048, 2048, 3) and scene.image.dtype == np.uint8
+    boxes = np.array(scene.boxes_xywh)
+    assert len(boxes) >= 6
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, :2] + boxes[:, 2:] <= 2048).all()
+    assert boxes[:, 2:].max() <= 170 + 2
+
+
+def test_backgrounds_are_never_upscaled_more_than_4x() -> None:
+    # One 100 px red background and one 600 px blue one: 100 · 4 = 400, so scenes up to 400 px draw both,
+    # larger ones only the blue one.
+    small_red = np.zeros((100, 100, 3), np.uint8)
+    small_red[..., 0] = 200
+    big_blue = np.zeros((600, 600, 3), np.uint8)
+    big_blue[..., 2] = 200
+    empty = np.zeros((0, 1, 1), np.float32)
+    sources = Sources(empty, np.zeros(0, np.int64), empty, empty, (small_red, big_blue))
+    reds = [_background(np.random.default_rng(i), sources, 400)[..., 0].mean() > 50 for i in range(20)]
+    assert any(reds) and not all(reds)
+    for i in range(20):
+        img = _background(np.random.default_rng(i), sources, 401)
+        assert img.shape == (401, 401, 3) and img[..., 0].max() == 0 and img[..., 2].min() > 0
+
+
+def test_cluster_counts_are_checked() -> None:
+    with pytest.raises(ConfigError, match="'data.embedded.clusters_min' = 5 exceeds 'data.embedded.clusters_max' = 4"):
+        load_params(None, ["data.embedded.clusters_min=5"])
+    with pytest.raises(ConfigError, match="'data.embedded.layout'"):
+        load_params(None, ["data.embedded.layout=grid"])
