@@ -99,12 +99,35 @@ class DataConfig:
 
 # -------------------------------------------------------------------------------------------- prepare
 @dataclass
+class SliceConfig:
+    """Training on tiles of the original pixels (SAHI's slicing-aided fine-tuning, Akyon et al. 2022).
+
+    Every train image larger than ``tile`` in either side is replaced by overlapping tiles of its original
+    pixels; val is never sliced (it is scored against full-image ground truth). See :mod:`sod.data.slicing`.
+    """
+
+    enabled: bool = True
+    # Tile side, px. 640 leaves the embedded 320 px scenes as they are (prepare's output unchanged).
+    tile: int = field(default=640, metadata=rng(ge=16))
+    overlap: float = field(default=0.2, metadata=rng(ge=0, lt=1))  # fraction of the tile shared by neighbours
+    # A box cut by a tile border is kept (clipped) when at least this fraction of its area lies inside the
+    # tile, else dropped (counted). SAHI's default; 0 keeps every sliver, 1 only whole boxes.
+    min_area_ratio: float = field(default=0.1, metadata=rng(ge=0, le=1))
+    # Fraction of tiles without any object that are kept (seeded). Most tiles of an aerial scene are empty
+    # background: all of them would fill most of an epoch, none would leave the detector no object-free
+    # background to learn not to fire on. 0.1 keeps about one in ten.
+    keep_empty: float = field(default=0.1, metadata=rng(ge=0, le=1))
+    seed: int = field(default=0, metadata=rng(ge=0))  # numpy SeedSequence needs seed ≥ 0
+
+
+@dataclass
 class PrepareConfig:
     val_fraction: float = field(default=0.25, metadata=rng(gt=0, lt=1))
     seed: int = 0
     on_bad_image: Literal["error", "skip"] = "error"  # missing/corrupt image file
     # Boxes narrower or shorter than this (px, after clipping) are dropped as sub-pixel.
     min_box_side: float = field(default=1.0, metadata=rng(gt=0))
+    slice: SliceConfig = field(default_factory=SliceConfig)  # train images larger than slice.tile -> tiles
 
 
 # -------------------------------------------------------------------------------------------- augment

@@ -42,6 +42,7 @@ def test_defaults_without_a_file() -> None:
         ("prepair:\n  seed: 1\n", ["'prepair'", "did you mean 'prepare'"]),
         ("prepare:\n  val_fractoin: 0.2\n", ["'prepare.val_fractoin'", "'prepare.val_fraction'"]),
         ("prepare:\n  zzz: 1\n", ["'prepare.zzz'", "valid keys:", "val_fraction"]),
+        ("prepare:\n  slice:\n    tiles: 512\n", ["'prepare.slice.tiles'", "'prepare.slice.tile'"]),
     ],
 )
 def test_unknown_key_names_full_path_and_nearest(tmp_path: Path, text: str, words: list[str]) -> None:
@@ -59,6 +60,8 @@ def test_unknown_key_names_full_path_and_nearest(tmp_path: Path, text: str, word
         ("augment:\n  copy_paste:\n    times: -1\n", ["'augment.copy_paste.times'", "≥ 0"]),
         ("prepare:\n  on_bad_image: ignore\n", ["'prepare.on_bad_image'", "error | skip"]),
         ("prepare:\n  seed: 1.5\n", ["'prepare.seed'", "integer"]),
+        ("prepare:\n  slice:\n    keep_empty: 1.5\n", ["'prepare.slice.keep_empty' = 1.5", "≤ 1"]),
+        ("prepare:\n  slice:\n    overlap: 1\n", ["'prepare.slice.overlap'", "< 1"]),
         ("data:\n  embedded:\n    faces: 'yes'\n", ["'data.embedded.faces'", "true or false"]),
         ("data:\n  source: coco\n", ["'data.coco.train_annotations' is required"]),
         ("data:\n  embedded:\n    objects_min: 9\n    objects_max: 3\n", ["objects_min", "exceeds"]),

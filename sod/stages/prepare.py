@@ -4,8 +4,10 @@ Outputs (paths from the command line):
   * ``out_dir/train.json``, ``out_dir/val.json``: COCO, ``file_name`` relative to ``out_dir``;
   * ``out_dir/images/{train,val}/...``: 8-bit RGB images;
   * ``out_dir/.sod-owner``: the marker that lets a rerun replace ``out_dir`` (see :func:`sod.io.replace_dir`);
-  * ``report``: per split ``images``, ``instances``, ``frac_small/medium/large``, ``per_class``, and
-    under ``cleaning`` every validation count (see :mod:`sod.data.coco`);
+  * ``out_dir/images/train_tiles/...``: tiles of the train images larger than ``prepare.slice.tile``, which
+    ``train.json`` lists instead of those images (see :mod:`sod.data.slicing`);
+  * ``report``: per split ``images``, ``instances``, ``frac_small/medium/large``, ``per_class``, under
+    ``cleaning`` every validation count (see :mod:`sod.data.coco`) and under ``slicing`` what slicing did;
   * ``sizes_csv`` / ``sizes_png``: histogram of object sizes (sqrt of area) per split.
 """
 
@@ -23,6 +25,7 @@ import pandas as pd
 
 from sod.config import COCO_MEDIUM_AREA, COCO_SMALL_AREA, Params
 from sod.data import coco
+from sod.data.slicing import SliceCounts, write_tiles
 from sod.errors import DataError
 from sod.io import check_owner, replace_dir, save_figure, write_csv, write_json
 
@@ -82,11 +85,31 @@ def run(
             splits = {"train": datasets[0].images, "val": datasets[1].images}
         else:
             splits = split_images(datasets[0].images, pcfg.val_fraction, pcfg.seed)
+        # Sliced after the split, by source image, so no tile of a val image lands in train; val is never sliced.
+        to_slice = [im for im in splits["train"] if pcfg.slice.enabled and max(im.width, im.height) > pcfg.slice.tile]
+        if to_slice:
+            sliced_ids = {im.id for im in to_slice}
+            splits["train"] = [im for im in splits["train"] if im.id not in sliced_ids]
 
         # Write into a sibling staging dir, then swap it in: a killed run never leaves half a dataset.
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=_parent(out_dir)))
         try:
             cocos = {split: coco.write_split(datasets[0], images, staging, split) for split, images in splits.items()}
+            slicing = SliceCounts(images_passed_through=len(splits["train"]))
+            if to_slice:
+                # Tiles are numbered after every id the input uses, so none collides with a val image's.
+                next_image = 1 + max(im.id for ds in datasets for im in ds.images)
+                next_ann = 1 + max((a["id"] for ds in datasets for im in ds.images for a in im.annotations), default=0)
+                tile_images, tile_anns = write_tiles(
+                    to_slice, staging, "train", pcfg.slice, pcfg.min_box_side, next_image, next_ann, slicing, progress
+                )
+                cocos["train"]["images"].extend(tile_images)
+                cocos["train"]["annotations"].extend(tile_anns)
+                if not cocos["train"]["images"]:
+                    raise DataError(
+                        f"no train image left after slicing ({slicing.empty_tiles_dropped} empty tiles dropped): "
+                        "raise prepare.slice.keep_empty or prepare.slice.tile"
+                    )
             for split, d in cocos.items():
                 write_json(staging / f"{split}.json", d)
             replace_dir(staging, out_dir, "prepare")
@@ -101,6 +124,7 @@ def run(
         "train": split_stats(cocos["train"]),
         "val": split_stats(cocos["val"]),
         "cleaning": counts.as_dict(),
+        "slicing": slicing.as_dict(),
     }
     write_json(report, result)
     table = size_histogram(cocos)

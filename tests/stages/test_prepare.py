@@ -97,6 +97,17 @@ def test_two_runs_are_byte_identical(prepared: dict[str, Path], tmp_path: Path) 
     assert _digest(again) == _digest(prepared)
 
 
+def test_slicing_is_a_no_op_on_scenes_no_larger_than_the_tile(prepared: dict[str, Path], tmp_path: Path) -> None:
+    """The embedded default's case (scenes smaller than prepare.slice.tile): the dataset is byte for byte the one
+    prepare writes with slicing off, so enabling it reruns nothing downstream; only the report gains its counts."""
+    code, off = _run(tmp_path, extra=["prepare.slice.enabled=false"])
+    assert code == 0
+    data = {k: v for k, v in _digest(prepared).items() if k.startswith("prepared/")}
+    assert data and data == {k: v for k, v in _digest(off).items() if k.startswith("prepared/")}
+    slicing = read_json(prepared["report"])["slicing"]
+    assert slicing["images_passed_through"] == 6 and slicing["tiles_written"] == slicing["images_sliced"] == 0
+
+
 def test_rerun_replaces_its_own_output_but_not_a_foreign_dir(tmp_path: Path, capsys) -> None:
     assert _run(tmp_path)[0] == 0
     out = tmp_path / "prepared"
