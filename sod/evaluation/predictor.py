@@ -9,8 +9,9 @@ the detector it reads its input size (``detector.min_size``/``max_size``) and it
   side)`` (:func:`~sod.evaluation.sliced.full_image_factor`), plus the test-time pyramid
   (``evaluate.scales``, relative to that factor), merged;
 * ``sliced``: tiles of ``evaluate.sliced.tile`` px cut from the *original* pixels (so a 4,000 px image does
-  not shrink its objects before a tile is cut), each resized by the full image's factor, times
-  ``evaluate.sliced.upscale`` when set; run in batches of ``evaluate.sliced.batch_size`` tiles of one shape
+  not shrink its objects before a tile is cut), each resized by the factor its objects were trained at (the
+  full image's; for an image larger than ``prepare.slice.tile`` with slicing on, the training tiles'),
+  times ``evaluate.sliced.upscale`` when set; run in batches of ``evaluate.sliced.batch_size`` tiles of one shape
   (edge tiles zero-padded), mapped back and merged with the full-image pass (``include_full``);
 * ``adaptive``: ``sliced`` with ``select: small``: the full-image pass runs first and only the tiles holding a
   small candidate of it run.
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sod.config import EvaluateConfig
+from sod.config import EvaluateConfig, Params
 from sod.evaluation.sliced import MatchMetric, MergeMethod, Prediction, SlicedPredictor
 from sod.models.sr import bicubic_resize
 from sod.models.upscale import UpscaledDetector, bicubic_input
@@ -52,6 +53,12 @@ def config_mode(cfg: EvaluateConfig, sliced: bool | None = None) -> Mode:
     if not on:
         return "full"
     return "adaptive" if cfg.sliced.select == "small" else "sliced"
+
+
+def train_tile(params: Params) -> int | None:
+    """``prepare.slice.tile`` when training on tiles is on, else None: the ``train_tile`` of a Predictor
+    for a detector trained with ``params``."""
+    return params.prepare.slice.tile if params.prepare.slice.enabled else None
 
 
 def detector_input_size(model: nn.Module) -> tuple[int, int]:
@@ -89,6 +96,8 @@ class Predictor:
         max_dets: keep at most this many best boxes per image; None keeps all.
         select_score: ``adaptive``: a full-image small box scoring at least this makes its tile run.
         bicubic_input: run an SR-input detector with bicubic upscaling instead (SR's control).
+        train_tile: ``prepare.slice.tile`` when training was sliced, else None: the tiles of an image larger
+            than it are resized like the training tiles were (:meth:`SlicedPredictor.tile_scale`).
     """
 
     def __init__(
@@ -108,6 +117,7 @@ class Predictor:
         max_dets: int | None = None,
         select_score: float = 0.05,
         bicubic_input: bool = False,
+        train_tile: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; want one of {', '.join(MODES)}")
@@ -135,13 +145,21 @@ class Predictor:
             input_size=self.input_size,
             # An SR front end was trained on antialiased-bicubic low-resolution images: give it the same.
             resize=_bicubic if isinstance(model, UpscaledDetector) else None,
+            train_tile=train_tile,
         )
 
     @classmethod
     def from_config(
-        cls, model: nn.Module, cfg: EvaluateConfig, mode: Mode | None = None, *, bicubic_input: bool = False
+        cls,
+        model: nn.Module,
+        cfg: EvaluateConfig,
+        mode: Mode | None = None,
+        *,
+        bicubic_input: bool = False,
+        train_tile: int | None = None,
     ) -> Predictor:
-        """Build from the ``evaluate`` params section; ``mode`` None = :func:`config_mode` of ``cfg``."""
+        """Build from the ``evaluate`` params section; ``mode`` None = :func:`config_mode` of ``cfg``;
+        ``train_tile``: :func:`train_tile` of the params the detector was trained with."""
         s = cfg.sliced
         return cls(
             model,
@@ -158,6 +176,7 @@ class Predictor:
             max_dets=cfg.max_dets,
             select_score=s.select_score,
             bicubic_input=bicubic_input,
+            train_tile=train_tile,
         )
 
     def __call__(self, images: Sequence[Tensor]) -> list[Prediction]:

@@ -37,6 +37,12 @@ same factor as the full image: :func:`full_image_factor`, torchvision's rule. Th
 showing a 160 px tile at 320 px): objects then look ``upscale`` times larger than in training, which helps
 only if the detector misses them for being too small at their training scale (on real aerial tiles trained at
 scale 1, ``upscale=2`` cut AP_small from 0.40 to 0.23).
+
+Training on tiles (``prepare.slice``) changes what "the scale it trained on" is: an image larger than the
+training tile ``train_tile`` was trained as tiles of that side, each resized by the detector as a whole
+input (:func:`full_image_factor` of the tile), not by the whole image's factor, which for a 4,000 px image
+would shrink its tiles 5× or more. With ``train_tile`` given, the tiles of such an image get the training
+tiles' factor; images no larger than ``train_tile`` (trained whole) keep the full image's.
 """
 
 from __future__ import annotations
@@ -306,7 +312,8 @@ class SlicedPredictor:
       ``sliced`` is on and ``include_full`` is off;
     * with ``sliced`` on, every tile of :func:`tile_grid` ``(tile, overlap)`` (in the given image's pixels),
       zero-padded to ``tile`` x ``tile`` where the image is shorter than the tile (see the module docstring),
-      resized by :meth:`tile_scale`: the full image's factor (``upscale=None``), times ``upscale`` if given.
+      resized by :meth:`tile_scale`: the factor its objects were trained at (the full image's, or the
+      training tiles' for an image larger than ``train_tile``), times ``upscale`` if given.
 
     The full image's factor is 1 when ``input_size`` is None (images come at the detector's input scale
     already, as the evaluate stage makes them), else :func:`full_image_factor` of each image.
@@ -335,6 +342,8 @@ class SlicedPredictor:
         select_score: the candidate score for ``select='small'``; keep it low, the tiles exist to
             confirm weak small detections.
         resize: how inputs are resized (:data:`ResizeFn`); None = :func:`bilinear_resize`.
+        train_tile: ``prepare.slice.tile`` when training was sliced (None: it was not): images larger than
+            it get their tiles resized like the training tiles were (see the module docstring).
     """
 
     def __init__(
@@ -356,6 +365,7 @@ class SlicedPredictor:
         select_score: float = 0.05,
         input_size: tuple[int, int] | None = None,
         resize: ResizeFn | None = None,
+        train_tile: int | None = None,
     ) -> None:
         if batch_size < 1 or (upscale is not None and upscale <= 0) or not scales or min(scales) <= 0:
             raise ValueError(f"need batch_size ≥ 1, upscale > 0, scales > 0; got {batch_size}, {upscale}, {scales}")
@@ -371,6 +381,9 @@ class SlicedPredictor:
         self.max_dets = max_dets
         self.select, self.select_score = select, select_score
         self.resize: ResizeFn = bilinear_resize if resize is None else resize
+        if train_tile is not None and train_tile < 1:
+            raise ValueError(f"train_tile must be a positive tile side, got {train_tile}")
+        self.train_tile = train_tile
 
     @classmethod
     def from_config(
@@ -380,6 +393,7 @@ class SlicedPredictor:
         sliced: bool | None = None,
         input_size: tuple[int, int] | None = None,
         resize: ResizeFn | None = None,
+        train_tile: int | None = None,
     ) -> SlicedPredictor:
         """Build from the ``evaluate`` params section; ``sliced`` overrides ``cfg.sliced.enabled``."""
         s = cfg.sliced
@@ -400,6 +414,7 @@ class SlicedPredictor:
             select_score=s.select_score,
             input_size=input_size,
             resize=resize,
+            train_tile=train_tile,
         )
 
     def image_scale(self, height: int, width: int) -> float:
@@ -407,8 +422,17 @@ class SlicedPredictor:
         return 1.0 if self.input_size is None else full_image_factor(height, width, *self.input_size)
 
     def tile_scale(self, height: int, width: int) -> float:
-        """The resize factor of the tiles of a ``height`` x ``width`` image: the full image's, times ``upscale``."""
-        return self.image_scale(height, width) * (1.0 if self.upscale is None else self.upscale)
+        """The resize factor of the tiles of a ``height`` x ``width`` image, times ``upscale`` if set: the
+        full image's, or for an image larger than ``train_tile`` the factor its training tiles had (a tile
+        of ``min(side, train_tile)`` per side, resized as a whole input).
+
+        E.g. input size 320/320, train_tile 640: a 4,000 x 3,000 image → its tiles at 320/640 = 0.5
+        (the full image's factor would be 320/3,000 ≈ 0.107); a 320 x 320 image → 1.0 either way.
+        """
+        base = self.image_scale(height, width)
+        if self.train_tile is not None and self.input_size is not None and max(height, width) > self.train_tile:
+            base = full_image_factor(min(height, self.train_tile), min(width, self.train_tile), *self.input_size)
+        return base * (1.0 if self.upscale is None else self.upscale)
 
     def _full_jobs(self, images: Sequence[Tensor]) -> list[_Job]:
         jobs = []

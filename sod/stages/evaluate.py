@@ -33,7 +33,7 @@ from sod.data.coco import image_path
 from sod.engine import resolve_device
 from sod.evaluation import plots
 from sod.evaluation.coco_eval import CocoEvaluator
-from sod.evaluation.predictor import Predictor, config_mode, image_tensor
+from sod.evaluation.predictor import Predictor, config_mode, image_tensor, train_tile
 from sod.io import claim_dir, finish_dir, load_rgb, read_json, write_csv, write_json
 from sod.models.detector import load_detector
 from sod.models.upscale import UpscaledDetector
@@ -124,8 +124,10 @@ def _score(
             dcfg["detections_per_img"], ecfg.max_dets, ecfg.max_dets,
         )  # fmt: skip
     passes = {"full": Predictor.from_config(model, ecfg, "full")}
-    if with_sliced:
-        passes["sliced"] = Predictor.from_config(model, ecfg, config_mode(ecfg, sliced=True))
+    if with_sliced:  # tiles at the scale training showed objects: train_tile when training was sliced
+        passes["sliced"] = Predictor.from_config(
+            model, ecfg, config_mode(ecfg, sliced=True), train_tile=train_tile(params)
+        )
     if isinstance(model, UpscaledDetector) and model.mode == "sr":  # SR's control, on the same loaded images
         passes["bicubic_input"] = Predictor.from_config(model, ecfg, "full", bicubic_input=True)
     evaluators = {

@@ -38,7 +38,7 @@ from sod.engine import resolve_device
 from sod.errors import DataError
 from sod.evaluation.coco_eval import coco_results
 from sod.evaluation.plots import draw_boxes
-from sod.evaluation.predictor import Mode, Predictor, config_mode, image_tensor
+from sod.evaluation.predictor import Mode, Predictor, config_mode, image_tensor, train_tile
 from sod.io import claim_dir, claim_file, finish_dir, load_rgb, read_json, save_png, write_json
 from sod.models.detector import load_detector
 from sod.progress import progress_bar
@@ -68,7 +68,8 @@ def run(
     """Predict every image of ``sources``; write ``out`` (and ``images_json``, ``draw_dir``).
 
     Args:
-        params: the ``evaluate`` section sets the inference (see the module docstring).
+        params: the ``evaluate`` section sets the inference (see the module docstring); ``prepare.slice`` the
+            tile scale of images larger than the training tiles (the params the detector was trained with).
         model: a ``models/detector.pt`` file, or ``models:/<name>/<version>`` of the MLflow registry.
         sources: image files and folders (a folder: its files with an image extension, not recursive).
         out: the COCO results JSON.
@@ -113,7 +114,7 @@ def run(
         _check_categories(coco, categories, meta["categories"])
     l2c = meta["label_to_category"]
     names_by_cat = {c["id"]: c["name"] for c in meta["categories"]}
-    predictor = Predictor.from_config(detector, ecfg, mode)
+    predictor = Predictor.from_config(detector, ecfg, mode, train_tile=train_tile(params))
 
     counts = {"images_skipped_missing": 0, "images_skipped_corrupt": 0}
     results: list[dict[str, Any]] = []

@@ -152,6 +152,28 @@ def test_tiles_of_a_large_image_shrink_with_the_full_image() -> None:
     assert passes[1]["boxes"][0].tolist() == pytest.approx([40, 40, 120, 120])
 
 
+def test_tiles_of_an_image_larger_than_the_training_tiles_run_at_their_scale() -> None:
+    # Trained on 320 px tiles (prepare.slice.tile = 320) at min_size = max_size = 320: training tiles ran at
+    # factor 1. A 480 x 640 val image is larger than that tile, so its 160 px tiles run at 160 px (factor 1),
+    # not at the full image's 0.5; the full-image pass still shrinks by 0.5.
+    detector = _CentreBox()
+    pred = SlicedPredictor(detector, tile=160, overlap=0.0, input_size=(320, 320), batch_size=16, train_tile=320)
+    assert pred.tile_scale(480, 640) == 1.0 and pred.image_scale(480, 640) == 0.5
+    (passes,) = pred.passes([torch.zeros(3, 480, 640)])
+    assert detector.seen == [(240, 320)] + [(160, 160)] * 12
+    assert passes[1]["boxes"][0].tolist() == pytest.approx([40, 40, 120, 120])  # tile pixels = image pixels
+    # 4,000 x 3,000 trained on 640 px tiles: tiles at 320 / 640 = 0.5, where the full image's factor is
+    # 320 / 4,000 = 0.08; an image no larger than the training tile keeps the full image's factor.
+    pred = SlicedPredictor(detector, tile=160, input_size=(320, 320), train_tile=640)
+    assert pred.tile_scale(3000, 4000) == 0.5 and pred.image_scale(3000, 4000) == pytest.approx(0.08)
+    assert pred.tile_scale(480, 640) == 0.5 == pred.image_scale(480, 640)
+    # A short side below the training tile: the training tile was that short too (300 x 640 → min(320/300,
+    # 320/640) = 0.5); upscale still multiplies.
+    assert SlicedPredictor(detector, input_size=(320, 320), train_tile=640, upscale=2.0).tile_scale(300, 2000) == 1.0
+    with pytest.raises(ValueError, match="train_tile"):
+        SlicedPredictor(detector, train_tile=0)
+
+
 def test_config_default_upscale_keeps_tiles_at_model_scale() -> None:
     # The evaluate stage hands images already at the detector's scale (input_size None): factor 1.
     cfg = EvaluateConfig()
