@@ -406,11 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="COCO AP/AR by object size, full-image and sliced inference, curves and a preview grid",
         description=(
-            "Score the trained detector on the val split with pycocotools: AP, AP50, AP75, AP_small/medium/large "
-            "and AR at evaluate.max_dets, for full-image inference (top level of --report) and for sliced "
-            "inference merged with it (under 'sliced'). Writes per-class AP, COCO-format detections that plain "
-            "pycocotools can re-score, PR curves per size bucket, recall versus object size and a preview grid "
-            "(missed small objects highlighted). Params: evaluate.*."
+            "Score the trained detector on the val split with pycocotools: AP, AP50, AP75, AP_small/medium/large, "
+            "AI-TOD's AP_vt/t/s16 (sqrt(area) up to 8, 8-16, 16-32 px) and AR at evaluate.max_dets, for full-image "
+            "inference (top level of --report) and for sliced inference merged with it (under 'sliced'). Writes "
+            "per-class AP, COCO-format detections that plain pycocotools can re-score, PR curves per size bucket, "
+            "recall versus object size and a preview grid (missed small objects highlighted). Params: evaluate.*."
         ),
     )
     _common(p)

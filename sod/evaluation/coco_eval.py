@@ -18,6 +18,15 @@ Conventions of :class:`CocoEvaluator` (read these before comparing numbers with 
 * Size buckets use the GT ``area`` field (not the box) with pycocotools' ranges: small ≤ 32², medium
   32²..96², large ≥ 96² (pycocotools includes both ends of each range, so an area of exactly 32² counts
   as small and as medium).
+* AI-TOD's finer split of COCO's small bucket (Wang et al., "Tiny Object Detection in Aerial Images",
+  ICPR 2020) is reported beside it: very tiny ``AP_vt``/``AR_vt`` (area 0..8²), tiny ``AP_t``/``AR_t``
+  (8²..16²) and small ``AP_s16``/``AR_s16`` (16²..32²). They are three more entries of the same
+  ``COCOeval``'s ``params.areaRng``, so pycocotools' own rules apply: both ends included (an area of
+  exactly 8² is very tiny and tiny), GT outside the range ignored, a detection matched to an ignored GT
+  ignored, an unmatched detection counted as FP only when its own area lies in the range.
+* Crowd GT (``iscrowd: 1``) is passed to pycocotools as it is: it never counts as an object to find, and
+  a detection that matches no real object but lies inside a crowd region (pycocotools' crowd IoU,
+  intersection over the detection's own area, at least the IoU threshold) is ignored, neither TP nor FP.
 * Undefined metrics are ``None`` in the result dict (and NaN in the DataFrames, empty cells in CSV): a size
   bucket with no GT, every metric when no processed image has a GT box, and every metric when no image was
   processed at all (then ``images`` is 0). They are never −1 and never NaN in the dict, so it is valid JSON.
@@ -47,11 +56,15 @@ from sod.errors import DataError
 
 log = logging.getLogger(__name__)
 
+# AI-TOD's area ranges (px², GT ``area``) by result-key suffix: very tiny, tiny, small (sqrt(area) 8, 16, 32 px).
+AITOD_AREA_RANGES = {"vt": (0.0, 8.0**2), "t": (8.0**2, 16.0**2), "s16": (16.0**2, 32.0**2)}
 # Keys of the result dict besides the AR_<maxDets> ones, in the order they are reported.
-AP_KEYS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
-AR_SIZE_KEYS = ("AR_small", "AR_medium", "AR_large")
-# Index of each bucket in COCOeval.params.areaRng / areaRngLbl.
+AP_KEYS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", *(f"AP_{b}" for b in AITOD_AREA_RANGES))
+AR_SIZE_KEYS = ("AR_small", "AR_medium", "AR_large", *(f"AR_{b}" for b in AITOD_AREA_RANGES))
+# Index of each COCO bucket in COCOeval.params.areaRng / areaRngLbl (pycocotools' defaults, kept first).
 BUCKETS = ("all", "small", "medium", "large")
+# Every bucket reported, by key suffix, at its index in areaRng: COCO's, then AI-TOD's appended after them.
+SIZE_BUCKETS = (*BUCKETS[1:], *AITOD_AREA_RANGES)
 # Bin edges (px) of sqrt(GT area) for recall versus object size: fine where small objects live, COCO's
 # 32 and 96 px are edges.
 SIZE_BINS = (0, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 128, 192, 256, 512, float("inf"))
@@ -176,10 +189,10 @@ class CocoEvaluator:
         """COCO metrics over the processed images (0–1 floats or None, see the module docstring).
 
         Returns:
-            ``AP, AP50, AP75, AP_small, AP_medium, AP_large`` (at ``max_dets``), ``AR_<d>`` for each
-            d in ``max_dets_list`` (e.g. ``AR_1, AR_10, AR_100, AR_300``), ``AR_small, AR_medium,
-            AR_large`` (at ``max_dets``), then ``max_dets``, ``images`` (processed), ``gt_instances``
-            (non-crowd GT boxes in them) and ``detections`` (scored).
+            ``AP, AP50, AP75, AP_small, AP_medium, AP_large, AP_vt, AP_t, AP_s16`` (at ``max_dets``),
+            ``AR_<d>`` for each d in ``max_dets_list`` (e.g. ``AR_1, AR_10, AR_100, AR_300``), ``AR_small,
+            AR_medium, AR_large, AR_vt, AR_t, AR_s16`` (at ``max_dets``), then ``max_dets``, ``images``
+            (processed), ``gt_instances`` (non-crowd GT boxes in them) and ``detections`` (scored).
         """
         keys = [*AP_KEYS, *(f"AR_{d}" for d in self.max_dets_list), *AR_SIZE_KEYS]
         result: dict[str, Any] = dict.fromkeys(keys)
@@ -193,7 +206,7 @@ class CocoEvaluator:
             result["AP"] = _mean_valid(precision[:, :, :, 0, -1])
             result["AP50"] = _mean_valid(precision[iou50, :, :, 0, -1])
             result["AP75"] = _mean_valid(precision[iou75, :, :, 0, -1])
-            for a, name in enumerate(BUCKETS[1:], start=1):
+            for a, name in enumerate(SIZE_BUCKETS, start=1):
                 result[f"AP_{name}"] = _mean_valid(precision[:, :, :, a, -1])
                 result[f"AR_{name}"] = _mean_valid(recall[:, :, a, -1])
             for m, d in enumerate(self.max_dets_list):
@@ -220,8 +233,8 @@ class CocoEvaluator:
         """AP per category at ``max_dets``: one row per GT category, ordered by category id.
 
         Returns:
-            columns ``category_id, name, gt_instances, AP, AP50, AP75, AP_small, AP_medium, AP_large``;
-            an AP is NaN where the category has no GT in that bucket among the processed images.
+            columns ``category_id, name, gt_instances, AP, AP50, AP75, AP_small, AP_medium, AP_large, AP_vt,
+            AP_t, AP_s16``; an AP is NaN where the category has no GT in that bucket among the processed images.
         """
         columns = ["category_id", "name", "gt_instances", *AP_KEYS]
         coco_eval = self._run()
@@ -242,9 +255,7 @@ class CocoEvaluator:
                     ("AP", p[:, :, k, 0, -1]),
                     ("AP50", p[iou50, :, k, 0, -1]),
                     ("AP75", p[iou75, :, k, 0, -1]),
-                    ("AP_small", p[:, :, k, 1, -1]),
-                    ("AP_medium", p[:, :, k, 2, -1]),
-                    ("AP_large", p[:, :, k, 3, -1]),
+                    *((f"AP_{name}", p[:, :, k, a, -1]) for a, name in enumerate(SIZE_BUCKETS, start=1)),
                 ):
                     value = _mean_valid(values)
                     row[key] = np.nan if value is None else value
@@ -350,6 +361,10 @@ class CocoEvaluator:
         coco_eval = COCOeval(self.coco_gt, coco_dt, iouType="bbox")
         coco_eval.params.imgIds = sorted(self._dets)
         coco_eval.params.maxDets = list(self.max_dets_list)
+        # AI-TOD's buckets appended after COCO's four, so one evaluate() scores all seven with pycocotools'
+        # matching and ignore rules, and COCO's keep their usual indices (0..3).
+        coco_eval.params.areaRng = [*coco_eval.params.areaRng, *(list(r) for r in AITOD_AREA_RANGES.values())]
+        coco_eval.params.areaRngLbl = [*coco_eval.params.areaRngLbl, *AITOD_AREA_RANGES]
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco_eval.evaluate()
             coco_eval.accumulate()

@@ -71,8 +71,8 @@ RECALL_SERIES = {"recall_full": ("full image", "tab:blue"), "recall_sliced": ("s
 
 
 def plot_recall_vs_size(rs: pd.DataFrame, path: str | Path) -> None:
-    """Recall at IoU 0.5 per bin of sqrt(GT area), full image vs sliced side by side, COCO's 32 and 96 px
-    borders marked.
+    """Recall at IoU 0.5 per bin of sqrt(GT area), full image vs sliced side by side, the size-bucket borders
+    marked: AI-TOD's 8 and 16 px, COCO's 32 and 96 px.
 
     Args:
         rs: the ``recall_vs_size.csv`` table of ``sod evaluate``: columns ``size_min, size_max,
@@ -99,7 +99,8 @@ def plot_recall_vs_size(rs: pd.DataFrame, path: str | Path) -> None:
         for xi, (r, n) in enumerate(zip(top, rs["gt_instances"], strict=True)):
             ax.text(xi, r + 0.01, f"n={n}", ha="center", va="bottom", fontsize=6)
         ax.set_xticks(x, labels, rotation=60, fontsize=7)
-        for border in (math.sqrt(COCO_SMALL_AREA), 96):
+        # AI-TOD's very tiny|tiny and tiny|small borders, then COCO's small|medium and medium|large.
+        for border in (8, 16, math.sqrt(COCO_SMALL_AREA), 96):
             # A dotted line between the last bin below the border and the first at or above it.
             at = int(np.searchsorted(rs["size_min"].to_numpy(), border))
             if 0 < at < len(rs):

@@ -11,7 +11,9 @@ SR's control: for a detector with SR input, the same detector is scored again wi
 factor (full image, under ``bicubic_input``), so the report shows what SR adds over plain upscaling.
 
 Outputs: ``report`` (``reports/evaluate.json``: the full-image metrics at the top level, the same keys
-under ``sliced``, ``max_dets``, and ``bicubic_input`` for SR input), ``per_class`` CSV, COCO-format
+under ``sliced``, ``max_dets``, and ``bicubic_input`` for SR input; every pass has COCO's size buckets and
+AI-TOD's, ``AP_vt/AP_t/AP_s16`` and ``AR_vt/AR_t/AR_s16``, see :mod:`sod.evaluation.coco_eval`),
+``per_class`` CSV (AP per category, COCO's and AI-TOD's buckets), COCO-format
 ``detections`` of the full-image pass (re-score them with plain pycocotools and ``maxDets[-1] = max_dets``),
 and under ``plots_dir``: ``pr_curves.csv/.png`` (per size bucket), ``recall_vs_size.csv/.png`` (full vs
 sliced) and ``preview.png``.

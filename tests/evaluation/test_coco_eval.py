@@ -138,6 +138,128 @@ def test_size_buckets_use_gt_area_and_coco_ranges(tmp_path: Path) -> None:
     assert rs["recall"].tolist() == [1.0, 0.0, 1.0]
 
 
+# Recall points of pycocotools' 101-point grid at or below recall r: 0, 0.01, ..., r.
+def _points_upto(r: float) -> int:
+    return round(r * 100) + 1
+
+
+def test_aitod_buckets_split_cocos_small_by_gt_area(tmp_path: Path) -> None:
+    # One image, one category; every GT is COCO-small. AI-TOD buckets by GT area: 6x6 (36 px²) very tiny,
+    # 12x12 (144) tiny, 24x24 (576) small16.
+    #   V1, V2: 6 px at x = 10, 50      T1: 12 px at x = 100      S1, S2: 24 px at x = 200, 300
+    # Detections (exact boxes, so every IoU threshold behaves alike): FP (7x7 = 49 px², on no GT) 0.95,
+    # S1 0.9, V1 0.8, T1 0.7. V2 and S2 are missed.
+    anns = [
+        _ann(1, 1, 1, [10, 10, 6, 6]),
+        _ann(2, 1, 1, [50, 10, 6, 6]),
+        _ann(3, 1, 1, [100, 10, 12, 12]),
+        _ann(4, 1, 1, [200, 10, 24, 24]),
+        _ann(5, 1, 1, [300, 10, 24, 24]),
+    ]
+    out = _out([[10, 200, 7, 7], anns[3]["bbox"], anns[0]["bbox"], anns[2]["bbox"]], [0.95, 0.9, 0.8, 0.7], [1] * 4)
+    ev = CocoEvaluator(_gt(tmp_path, 1, anns))
+    ev.process([{"image_id": 1}], [out])
+    r = ev.evaluate()
+    # very tiny (GT V1, V2; T1, S1, S2 ignored): the FP's area (49) is in range, so it counts; the S1 and T1
+    # detections match ignored GT and are ignored. Ranked: FP, TP → recall 0, 1/2, precision 0, 1/2 →
+    # monotone 1/2 up to recall 1/2 (51 of 101 points), 0 beyond.
+    assert r["AP_vt"] == pytest.approx(0.5 * _points_upto(0.5) / 101)
+    assert r["AR_vt"] == pytest.approx(0.5)
+    # tiny (GT T1): the FP's area (49 < 8²) is out of range, an unmatched detection there is ignored; the S1
+    # and V1 detections match ignored GT. Only the TP on T1 is left → AP 1.
+    assert r["AP_t"] == pytest.approx(1.0)
+    assert r["AR_t"] == pytest.approx(1.0)
+    # small16 (GT S1, S2): the TP on S1 alone, at precision 1 up to recall 1/2.
+    assert r["AP_s16"] == pytest.approx(_points_upto(0.5) / 101)
+    assert r["AR_s16"] == pytest.approx(0.5)
+    # COCO's small bucket holds all five: FP, TP, TP, TP → recall 0, 1/5, 2/5, 3/5 and precision 0, 1/2, 2/3,
+    # 3/4 → monotone 3/4 up to recall 3/5 (61 points). Unchanged by the three buckets added beside it.
+    assert r["AP_small"] == r["AP"] == pytest.approx(0.75 * _points_upto(0.6) / 101)
+    assert r["AR_small"] == pytest.approx(0.6)
+    assert r["AP_medium"] is None and r["AP_large"] is None
+
+    table = ev.per_class_table()
+    assert table.loc[0, ["AP_vt", "AP_t", "AP_s16"]].tolist() == pytest.approx([r["AP_vt"], r["AP_t"], r["AP_s16"]])
+
+
+def test_aitod_bucket_without_gt_is_none_and_borders_count_twice(tmp_path: Path) -> None:
+    # GT of 12 px and exactly 16 px (area 256 = 16²: tiny and small16, pycocotools includes both ends), both
+    # found; no GT below 8 px.
+    anns = [_ann(1, 1, 1, [10, 10, 12, 12]), _ann(2, 1, 1, [100, 10, 16, 16]), _ann(3, 1, 2, [200, 10, 24, 24])]
+    ev = CocoEvaluator(_gt(tmp_path, 1, anns, cats=(1, 2)))
+    ev.process([{"image_id": 1}], [_perfect(anns, 1)])
+    r = ev.evaluate()
+    assert r["AP_vt"] is None and r["AR_vt"] is None  # no very tiny GT: undefined, not 0
+    assert (r["AP_t"], r["AR_t"], r["AP_s16"], r["AR_s16"]) == pytest.approx((1.0, 1.0, 1.0, 1.0))
+    json.dumps(r)
+
+    # Miss the 16 px box: it is one of two tiny GT (category 1) and one of two small16 GT (one per category).
+    ev.reset()
+    ev.process([{"image_id": 1}], [_out([anns[0]["bbox"], anns[2]["bbox"]], [0.9, 0.8], [1, 2])])
+    r = ev.evaluate()
+    assert r["AR_t"] == pytest.approx(0.5)  # category 1: 1 of 2
+    assert r["AR_s16"] == pytest.approx((0.0 + 1.0) / 2)  # category 1: 0 of 1, category 2: 1 of 1
+    table = ev.per_class_table().set_index("category_id")
+    assert np.isnan(table.loc[2, "AP_vt"]) and np.isnan(table.loc[2, "AP_t"])  # category 2 has only a 24 px box
+    assert table.loc[2, "AP_s16"] == pytest.approx(1.0)
+    assert table.loc[1, "AP_s16"] == pytest.approx(0.0)
+
+
+def _crowd_gt() -> list[dict]:
+    """One object (20x20 at 10, 10) and one crowd region (60x60 at 100, 100) on image 1."""
+    return [_ann(1, 1, 1, [10, 10, 20, 20]), {**_ann(2, 1, 1, [100, 100, 60, 60]), "iscrowd": 1}]
+
+
+def test_detection_inside_crowd_gt_is_neither_tp_nor_fp(tmp_path: Path) -> None:
+    anns = _crowd_gt()
+    # The object found at 0.5; above it a 10x10 detection inside the crowd region at 0.9. Crowd IoU is
+    # intersection over the detection's area: 1, so it matches the crowd GT and pycocotools ignores it.
+    out = _out([[120, 120, 10, 10], anns[0]["bbox"]], [0.9, 0.5], [1, 1])
+    ev = CocoEvaluator(_gt(tmp_path, 1, anns))
+    ev.process([{"image_id": 1}], [out])
+    r = ev.evaluate()
+    assert r["AP"] == pytest.approx(1.0) and r["AR_300"] == pytest.approx(1.0)
+    assert r["gt_instances"] == 1  # the crowd region is not an object to find
+    # The crowd region's area (3600) is medium, but a bucket with only crowd GT has nothing to find.
+    assert r["AP_medium"] is None
+
+    # Without the crowd annotation the same detection is a FP that outranks the TP: precision 1/2 throughout.
+    path = _gt(tmp_path, 1, anns[:1])
+    ev = CocoEvaluator(path)
+    ev.process([{"image_id": 1}], [out])
+    assert ev.evaluate()["AP"] == pytest.approx(0.5)
+
+
+def test_crowd_gt_reaches_pycocotools_through_prepare(tmp_path: Path) -> None:
+    """A val file as ``sod prepare`` writes it keeps ``iscrowd: 1`` (given as ``true`` here), so the evaluator
+    of ``sod evaluate`` (which reads that file) ignores a detection on the crowd region."""
+    from PIL import Image
+
+    from sod.data import coco
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    Image.new("RGB", (200, 200)).save(src / "images" / "a.png")
+    anns = _crowd_gt()
+    anns[1]["iscrowd"] = True
+    raw = {
+        "images": [{"id": 1, "file_name": "images/a.png", "width": 200, "height": 200}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "c1"}],
+    }
+    dataset = coco.validate(raw, src, src / "val.json")
+    val = coco.write_split(dataset, dataset.images, tmp_path / "prepared", "val")
+    assert [(a["id"], a["bbox"], a["iscrowd"]) for a in val["annotations"]] == [
+        (1, [10.0, 10.0, 20.0, 20.0], 0),
+        (2, [100.0, 100.0, 60.0, 60.0], 1),
+    ]
+    val_json = tmp_path / "prepared" / "val.json"
+    val_json.write_text(json.dumps(val))
+    ev = CocoEvaluator(val_json)
+    ev.process([{"image_id": 1}], [_out([[120, 120, 10, 10], anns[0]["bbox"]], [0.9, 0.5], [1, 1])])
+    assert ev.evaluate()["AP"] == pytest.approx(1.0)
+
+
 def _grid_gt(n: int) -> list[dict]:
     """n boxes of 10x10 px on a 20 px grid, 15 per row."""
     return [_ann(i + 1, 1, 1, [20 * (i % 15), 20 * (i // 15), 10, 10]) for i in range(n)]
@@ -228,15 +350,21 @@ def test_label_mapping_and_bad_ids(tmp_path: Path) -> None:
         CocoEvaluator(tmp_path / "missing.json")
 
 
-def _plain_pycocotools(gt: Path, dets_json: Path, max_dets: list[int]) -> COCOeval:
+def _plain_pycocotools(
+    gt: Path, dets_json: Path, max_dets: list[int], area_rng: list[list[float]] | None = None
+) -> COCOeval:
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(str(gt))
         coco_dt = coco_gt.loadRes(str(dets_json))
         e = COCOeval(coco_gt, coco_dt, "bbox")
         e.params.maxDets = max_dets
+        if area_rng is not None:
+            e.params.areaRng = area_rng
+            e.params.areaRngLbl = [str(i) for i in range(len(area_rng))]
         e.evaluate()
         e.accumulate()
-        e.summarize()
+        if area_rng is None:  # summarize() reads COCO's bucket labels
+            e.summarize()
     return e
 
 
@@ -273,3 +401,12 @@ def test_detections_rescored_by_plain_pycocotools_match(tmp_path: Path, max_dets
     assert r["AP"] == pytest.approx(np.mean(p[:, :, :, 0, -1][p[:, :, :, 0, -1] > -1]), abs=1e-12)
     assert r["AP_small"] == pytest.approx(np.mean(p[:, :, :, 1, -1][p[:, :, :, 1, -1] > -1]), abs=1e-12)
     assert 0 < r["AP"] < 1
+
+    # AI-TOD's buckets: a separate plain COCOeval with only AI-TOD's area ranges gives the same numbers.
+    e = _plain_pycocotools(gt, dets_json, [1, 10, max_dets], area_rng=[[0, 8**2], [8**2, 16**2], [16**2, 32**2]])
+    p, rec = e.eval["precision"], e.eval["recall"]
+    for a, name in enumerate(("vt", "t", "s16")):
+        assert r[f"AP_{name}"] == pytest.approx(np.mean(p[:, :, :, a, -1][p[:, :, :, a, -1] > -1]), abs=1e-12)
+        assert r[f"AR_{name}"] == pytest.approx(np.mean(rec[:, :, a, -1][rec[:, :, a, -1] > -1]), abs=1e-12)
+    # Every bucket has GT (sides 4..60 px); 2 px jitter misses most 4..8 px boxes, but not the larger ones.
+    assert r["AP_vt"] is not None and 0 < r["AP_t"] < 1 and 0 < r["AP_s16"] < 1

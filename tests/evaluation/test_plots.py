@@ -161,6 +161,25 @@ def test_recall_vs_size_draws_full_and_sliced(tmp_path: Path) -> None:
     assert _pixels(tmp_path / "both.png", sliced) > _pixels(tmp_path / "both.png", full)
 
 
+def test_recall_vs_size_marks_aitod_and_coco_borders(tmp_path: Path) -> None:
+    # Nine bins with edges at 8, 16, 32 and 96 px among others: a dotted gray line between bins 1|2 (8 px),
+    # 3|4 (16), 5|6 (32) and 7|8 (96), i.e. four lines two bins apart. Bars stop at recall 0.5, so each line is
+    # a tall run of gray pixels above them; text and ticks give only short runs per column.
+    edges = [0, 4, 8, 12, 16, 24, 32, 64, 96, float("inf")]
+    n = len(edges) - 1
+    rs = pd.DataFrame({"size_min": edges[:-1], "size_max": edges[1:], "gt_instances": [2] * n, "matched_full": [1] * n})
+    rs["recall_full"] = 0.5
+    plot_recall_vs_size(rs, tmp_path / "rs.png")
+    with Image.open(tmp_path / "rs.png") as im:
+        rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+    gray_per_column = (np.abs(rgb - 128).max(axis=-1) <= 40).sum(axis=0)
+    columns = np.flatnonzero(gray_per_column >= 40)
+    lines = [run.mean() for run in np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1) if run.size]
+    assert len(lines) == 4
+    gaps = np.diff(lines)
+    assert gaps == pytest.approx([gaps[0]] * 3, abs=1.5)  # equally spaced: two bins apart each
+
+
 # ----------------------------------------------------------------------------- the data behind each figure
 def check_object_sizes(sizes: pd.DataFrame, prepare_report: dict[str, Any]) -> None:
     """``object_sizes.csv``: ``size_px`` (rising bin edges from 0) and a count per split summing to its instances."""

@@ -25,8 +25,9 @@ from tests.evaluation.test_plots import (
 from tests.stages.conftest import sod
 from tests.stages.test_train_detector import _train
 
-KEYS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
-AR_KEYS = ("AR_1", "AR_10", "AR_100", "AR_300", "AR_small", "AR_medium", "AR_large")
+# COCO's keys and AI-TOD's very tiny / tiny / small16 buckets, in every pass (full, sliced, baseline, bicubic_input).
+KEYS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AP_vt", "AP_t", "AP_s16")
+AR_KEYS = ("AR_1", "AR_10", "AR_100", "AR_300", "AR_small", "AR_medium", "AR_large", "AR_vt", "AR_t", "AR_s16")
 BASELINE_DETS = 5
 BASELINE = ("--set", "train.seed=1", "--set", f"detector.detections_per_img={BASELINE_DETS}")
 
@@ -79,8 +80,8 @@ def baseline_alone(tiny_pipeline: Path, models: dict[str, Path]) -> dict[str, Pa
 def test_report_has_full_and_sliced_metrics(evaluated: dict[str, Path]) -> None:
     report = read_json(evaluated["report"])
     for section in (report, report["sliced"], report["baseline"]):
-        for k in KEYS:
-            assert k in section and (section[k] is None or 0.0 <= section[k] <= 1.0)
+        for k in (*KEYS, *AR_KEYS):
+            assert k in section and (section[k] is None or 0.0 <= section[k] <= 1.0), k
     assert report["max_dets"] == 300
     assert report["detections"] > 0
 
@@ -124,7 +125,8 @@ def test_tables_and_plots(evaluated: dict[str, Path], tiny_pipeline: Path) -> No
     report = read_json(evaluated["report"])
     per_class = pd.read_csv(evaluated["per_class"])
     categories = read_json(tiny_pipeline / "data/prepared/val.json")["categories"]
-    assert list(per_class["category_id"]) == [c["id"] for c in categories] and "AP_small" in per_class.columns
+    assert list(per_class["category_id"]) == [c["id"] for c in categories]
+    assert {"AP_small", "AP_vt", "AP_t", "AP_s16"} <= set(per_class.columns)
     check_pr_curves(pd.read_csv(evaluated["plots"] / "pr_curves.csv"), report)
     rs = pd.read_csv(evaluated["plots"] / "recall_vs_size.csv")
     check_recall_vs_size(rs, report)
