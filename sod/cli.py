@@ -165,6 +165,7 @@ def _evaluate(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         plots_dir=Path(args.plots_dir),
         baseline_model=Path(args.baseline) if args.baseline else None,
         progress=not args.quiet,
+        errors=Path(args.errors) if args.errors else None,
     )
 
 
@@ -231,7 +232,7 @@ _ARTIFACT_ARGS = {
     "anchors": ["out", "plot"],
     "train_sr": ["preview"],
     "train_detector": ["loss_csv"],
-    "evaluate": ["per_class", "plots_dir"],
+    "evaluate": ["per_class", "errors", "plots_dir"],
     "report": ["plots_dir"],
 }
 
@@ -244,7 +245,7 @@ def _tracked_run(args: argparse.Namespace, params: Params) -> Any:
     run = tracking.StageRun(
         stage=stage,
         report=args.table if stage == "report" else args.report,
-        artifacts=[getattr(args, name) for name in _ARTIFACT_ARGS[stage]],
+        artifacts=[getattr(args, name) for name in _ARTIFACT_ARGS[stage] if getattr(args, name)],  # optional: None
         params=tracking.stage_params(params, stage),
     )
     if stage == "train_sr":
@@ -410,7 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
             "AI-TOD's AP_vt/t/s16 (sqrt(area) up to 8, 8-16, 16-32 px) and AR at evaluate.max_dets, for full-image "
             "inference (top level of --report) and for sliced inference merged with it (under 'sliced'). Writes "
             "per-class AP, COCO-format detections that plain pycocotools can re-score, PR curves per size bucket, "
-            "recall versus object size and a preview grid (missed small objects highlighted). Params: evaluate.*."
+            "recall versus object size, the TIDE error breakdown per size bucket (AP50 lost to "
+            "Cls/Loc/Both/Dupe/Bkg/Miss errors) and a preview grid (missed small objects highlighted). "
+            "Params: evaluate.*."
         ),
     )
     _common(p)
@@ -425,7 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--plots-dir",
         required=True,
         metavar="DIR",
-        help="pr_curves.csv/.png, recall_vs_size.csv/.png, preview.png; new, empty or this stage's own (.sod-owner)",
+        help="pr_curves.csv/.png, recall_vs_size.csv/.png, errors.csv/.png, preview.png; new, empty or this "
+        "stage's own (.sod-owner)",
+    )
+    p.add_argument(
+        "--errors",
+        metavar="JSON",
+        help="TIDE error breakdown per size bucket (dAP50 per error type, counts), full-image and sliced",
     )
     p.add_argument(
         "--baseline",

@@ -220,6 +220,11 @@ class CocoEvaluator:
         return result
 
     # ------------------------------------------------------------------------------------ extras
+    @property
+    def image_ids(self) -> list[int]:
+        """Ids of the images processed since the last reset, sorted (the images scored)."""
+        return sorted(self._dets)
+
     def detections(self) -> list[dict[str, Any]]:
         """The scored detections in COCO result format, ordered by image id then score.
 

@@ -15,8 +15,10 @@ under ``sliced``, ``max_dets``, and ``bicubic_input`` for SR input; every pass h
 AI-TOD's, ``AP_vt/AP_t/AP_s16`` and ``AR_vt/AR_t/AR_s16``, see :mod:`sod.evaluation.coco_eval`),
 ``per_class`` CSV (AP per category, COCO's and AI-TOD's buckets), COCO-format
 ``detections`` of the full-image pass (re-score them with plain pycocotools and ``maxDets[-1] = max_dets``),
-and under ``plots_dir``: ``pr_curves.csv/.png`` (per size bucket), ``recall_vs_size.csv/.png`` (full vs
-sliced) and ``preview.png``.
+``errors`` (``reports/errors.json``: the TIDE error breakdown per size bucket of the full-image pass and, when
+it ran, the sliced pass; see :mod:`sod.evaluation.errors`), and under ``plots_dir``: ``pr_curves.csv/.png``
+(per size bucket), ``recall_vs_size.csv/.png`` (full vs sliced), ``errors.csv/.png`` (dAP50 per error type
+and size bucket) and ``preview.png``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from sod.config import Params
 from sod.data.coco import image_path
 from sod.engine import resolve_device
+from sod.evaluation import errors as tide
 from sod.evaluation import plots
 from sod.evaluation.coco_eval import CocoEvaluator
 from sod.evaluation.predictor import Predictor, config_mode, image_tensor, train_tile
@@ -45,7 +48,12 @@ log = logging.getLogger(__name__)
 
 Prediction = dict[str, torch.Tensor]
 # What run writes under plots_dir (its .sod-owner marker lists them).
-PLOT_FILES = ["pr_curves.csv", "pr_curves.png", "recall_vs_size.csv", "recall_vs_size.png", "preview.png"]
+PLOT_FILES = [
+    "pr_curves.csv", "pr_curves.png", "recall_vs_size.csv", "recall_vs_size.png", "errors.csv", "errors.png",
+    "preview.png",
+]  # fmt: skip
+# The passes whose errors reports/errors.json breaks down (bicubic_input and baseline are controls).
+ERROR_PASSES = ("full", "sliced")
 
 
 def run(
@@ -58,8 +66,12 @@ def run(
     plots_dir: Path,
     baseline_model: Path | None = None,
     progress: bool = True,
+    errors: Path | None = None,
 ) -> dict[str, Any]:
-    """Score the model (and optionally a baseline model) on ``val_json``; returns the report."""
+    """Score the model (and optionally a baseline model) on ``val_json``; returns the report.
+
+    ``errors``: where to write the TIDE breakdown JSON (None: only its CSV and figure under ``plots_dir``).
+    """
     ecfg = params.evaluate
     claim_dir(plots_dir, "evaluate")  # a non-empty plots_dir without evaluate's marker is refused up front
     device = resolve_device(ecfg.device)
@@ -82,6 +94,16 @@ def run(
     rs = recall_vs_size_table(full_eval.recall_vs_size(), sliced_eval.recall_vs_size() if sliced_eval else None)
     write_csv(plots_dir / "recall_vs_size.csv", rs)
     plots.plot_recall_vs_size(rs, plots_dir / "recall_vs_size.png")
+    breakdowns = {
+        name: tide.error_breakdown(ev.coco_gt, ev.detections(), ev.image_ids, ev.max_dets)
+        for name in ERROR_PASSES
+        if (ev := extras.get(name)) is not None
+    }
+    if errors is not None:
+        write_json(errors, breakdowns)
+    table = tide.errors_table(breakdowns)
+    write_csv(plots_dir / "errors.csv", table)
+    tide.plot_errors(table, plots_dir / "errors.png")
     plots.plot_detection_grid(extras["preview"], plots_dir / "preview.png")
     finish_dir(plots_dir, "evaluate", PLOT_FILES)
     return result

@@ -1,5 +1,5 @@
 """`sod evaluate` on the tiny pipeline: report keys, re-scoring by plain pycocotools, the data and series behind
-every figure, a baseline column that scores the baseline model."""
+every figure, a baseline column that scores the baseline model, the TIDE error breakdown's layout."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from sod.evaluation.errors import ERROR_TYPES, TABLE_COLUMNS
 from sod.evaluation.plots import RECALL_SERIES
 from sod.io import read_json
 from tests.evaluation.test_plots import (
@@ -38,11 +39,13 @@ def _evaluate(root: Path, model: Path, name: str, *extra: str) -> dict[str, Path
         "per_class": root / f"reports/{name}_per_class.csv",
         "detections": root / f"reports/{name}_detections.json",
         "plots": root / f"reports/plots/{name}",
+        "errors": root / f"reports/{name}_errors.json",
     }
     code = sod(
         "evaluate", "--model", str(model), "--val", str(root / "data/prepared/val.json"),
         "--report", str(paths["report"]), "--per-class", str(paths["per_class"]),
-        "--detections", str(paths["detections"]), "--plots-dir", str(paths["plots"]), *extra,
+        "--detections", str(paths["detections"]), "--plots-dir", str(paths["plots"]),
+        "--errors", str(paths["errors"]), *extra,
     )  # fmt: skip
     assert code == 0
     return paths
@@ -173,6 +176,33 @@ def test_sr_input_model_is_also_scored_with_bicubic_input(tiny_pipeline: Path, s
     assert "sliced" not in control
     dets = read_json(root / "reports/detections_sr.json")  # in the val images' own pixels, not the 2× input's
     assert max(d["bbox"][0] + d["bbox"][2] for d in dets) <= 128 + 1e-3
+
+
+@pytest.mark.parametrize("which", ["evaluated", "baseline_alone"])
+def test_error_breakdown_per_pass_and_size_bucket(which: str, request: pytest.FixtureRequest) -> None:
+    """errors.json: the documented keys for each pass that ran; its AP50 over all sizes is the report's, every
+    GT box and every scored detection is counted once; errors.csv and errors.png follow it."""
+    paths = request.getfixturevalue(which)
+    report, errors = read_json(paths["report"]), read_json(paths["errors"])
+    passes = {"full": report, **({"sliced": report["sliced"]} if "sliced" in report else {})}
+    assert list(errors) == list(passes) == (["full", "sliced"] if which == "evaluated" else ["full"])
+    for name, section in passes.items():
+        assert list(errors[name]) == ["all", "small", "medium", "large"]
+        for bucket in errors[name].values():
+            assert list(bucket) == ["AP50", *ERROR_TYPES, "counts"]
+            assert list(bucket["counts"]) == ["GT", "TP", *ERROR_TYPES]
+            for e in ERROR_TYPES:
+                assert bucket[e] is None or 0.0 <= bucket[e] <= 1.0 - bucket["AP50"] + 1e-9, (name, e)
+        overall = errors[name]["all"]
+        assert overall["AP50"] == pytest.approx(section["AP50"], abs=1e-12)  # the same pycocotools numbers
+        counts = overall["counts"]
+        assert counts["GT"] == section["gt_instances"] > 0
+        # No crowd boxes in the tiny data: each scored detection is a true positive or one false-positive type.
+        assert sum(counts[k] for k in ("TP", "Cls", "Loc", "Both", "Dupe", "Bkg")) == section["detections"]
+    table = pd.read_csv(paths["plots"] / "errors.csv")
+    assert list(table.columns) == TABLE_COLUMNS and len(table) == len(passes) * 4 * len(ERROR_TYPES)
+    assert list(dict.fromkeys(table["pass"])) == list(passes)
+    _assert_png(paths["plots"] / "errors.png")
 
 
 def test_plain_model_has_no_bicubic_control(evaluated: dict[str, Path]) -> None:
