@@ -41,19 +41,25 @@ def sod(*argv: str) -> int:
     return main([argv[0], "-q", *sets, *argv[1:]])
 
 
-@pytest.fixture(scope="session")
-def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory laid out like the repo after `prepare`, `augment` and `anchors`."""
-    root = tmp_path_factory.mktemp("pipeline")
+def build_pipeline(root: Path, *sets: str) -> Path:
+    """Run `prepare`, `augment` and `anchors` into ``root``, laid out like the repo; ``sets`` are extra
+    ``--set key=value`` arguments (after the tiny overrides, so they win). Returns ``root``."""
     r = root / "reports"
-    assert sod("prepare", "--out", str(root / "data/prepared"), "--report", str(r / "prepare.json"),
+    assert sod("prepare", *sets, "--out", str(root / "data/prepared"), "--report", str(r / "prepare.json"),
                "--sizes-csv", str(r / "sizes.csv"), "--sizes-png", str(r / "sizes.png")) == 0  # fmt: skip
-    assert sod("augment", "--train", str(root / "data/prepared/train.json"), "--out", str(root / "data/augmented"),
+    assert sod("augment", *sets, "--train", str(root / "data/prepared/train.json"),
+               "--out", str(root / "data/augmented"),
                "--report", str(r / "augment.json"), "--preview", str(r / "augment.png")) == 0  # fmt: skip
-    assert sod("anchors", "--train", str(root / "data/augmented/train.json"),
+    assert sod("anchors", *sets, "--train", str(root / "data/augmented/train.json"),
                "--out", str(root / "models/anchors.json"),
                "--report", str(r / "anchors.json"), "--plot", str(r / "anchors.png")) == 0  # fmt: skip
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory laid out like the repo after `prepare`, `augment` and `anchors`."""
+    return build_pipeline(tmp_path_factory.mktemp("pipeline"))
 
 
 @pytest.fixture(scope="session")
