@@ -20,6 +20,9 @@ benchmark, overwritten by its latest run::
       "details": {...}                                    # anything else the bench wants kept (free form)
     }
 
+A bench may add top-level entries of its own beside these (``extra``), e.g. ``sliced``'s ``large_scene``
+summary; they never replace the keys above.
+
 A row's ``ratio`` is ``sod / peer`` unless the bench passes another (e.g. ``null`` when the figure is not a
 rate, like an AP both methods should agree on); ``met`` is the bench's verdict on that row's ``target``
 (``null``: no target for that row). Benchmarks take ``--results-dir`` (default ``bench/results``) so a trial
@@ -139,6 +142,7 @@ def write_result(
     results_dir: Path = RESULTS_DIR,
     details: dict[str, Any] | None = None,
     argv: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``<results_dir>/<bench>.json`` (see the module docstring) and print where it went.
 
@@ -148,6 +152,7 @@ def write_result(
         sod, peer: one line each on what the two sides are.
         target: the benchmark's target in words.
         machine: from :func:`machine_info`.
+        extra: more top-level entries (a bench's own summaries); a key of the fixed format is a ValueError.
         argv: the command line to record (default: ``sys.argv``).
 
     Returns:
@@ -167,6 +172,10 @@ def write_result(
         "rows": rows,
         "details": details or {},
     }
+    clash = set(extra or {}) & set(result)
+    if clash:
+        raise ValueError(f"extra entries would replace {', '.join(sorted(clash))} of the result format")
+    result.update(extra or {})
     path = Path(results_dir) / f"{bench}.json"
     write_json(path, result)
     print(f"results: {path}")
