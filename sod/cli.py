@@ -237,7 +237,7 @@ _ARTIFACT_ARGS = {
 }
 
 
-def _tracked_run(args: argparse.Namespace, params: Params) -> Any:
+def _tracked_run(args: argparse.Namespace, params: Params, timing: dict[str, Any] | None = None) -> Any:
     """The MLflow record of a finished stage: which report, plots and model it logs (see sod.tracking)."""
     from sod import tracking
 
@@ -247,6 +247,7 @@ def _tracked_run(args: argparse.Namespace, params: Params) -> Any:
         report=args.table if stage == "report" else args.report,
         artifacts=[getattr(args, name) for name in _ARTIFACT_ARGS[stage] if getattr(args, name)],  # optional: None
         params=tracking.stage_params(params, stage),
+        timing=dict(timing or {}),
     )
     if stage == "train_sr":
         run.model, run.model_kind = args.out, "sr"
@@ -257,7 +258,7 @@ def _tracked_run(args: argparse.Namespace, params: Params) -> Any:
     return run
 
 
-def _track(args: argparse.Namespace, params: Params) -> None:
+def _track(args: argparse.Namespace, params: Params, result: Any = None) -> None:
     """Log the finished stage to MLflow (never fails the stage; see sod.tracking). Rank 0 only under torchrun."""
     if os.environ.get("RANK", "0") != "0" or args.command in ("log-run", "readme", "predict"):
         return
@@ -265,7 +266,8 @@ def _track(args: argparse.Namespace, params: Params) -> None:
 
     if not tracking.enabled():
         return
-    run = _tracked_run(args, params)
+    timing = result.get("timing") if isinstance(result, dict) else None
+    run = _tracked_run(args, params, timing if isinstance(timing, dict) else None)
     tracking.log_stage(run)
     if run.stage == "report":
         from sod.stages.report import COLUMNS
@@ -575,10 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sod.runtime import torch_threads
 
             with torch_threads(_thread_budget(args, params)):
-                func(args, params)
+                result = func(args, params)
         else:
-            func(args, params)
-        _track(args, params)
+            result = func(args, params)
+        _track(args, params, result)
     except SodError as exc:
         print(f"sod {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

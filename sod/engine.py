@@ -221,6 +221,11 @@ def train_one_epoch(
     return means
 
 
+def _without_timing(stats: dict[str, float]) -> dict[str, float]:
+    """An epoch's stats without its wall-clock speed: what the same training reproduces exactly."""
+    return {k: v for k, v in stats.items() if k != "images_per_s"}
+
+
 def train_loader(
     dataset: torch.utils.data.Dataset,
     sampler: EpochSampler,
@@ -343,7 +348,9 @@ def fit(
     first epoch's checkpoint replaces it; a file that is not a sod checkpoint is still refused.
 
     Returns:
-        One dict per epoch (``epoch``, mean losses, ``images_per_s``, ``lr``), resumed epochs included.
+        One dict per epoch (``epoch``, mean losses, ``images_per_s``, ``lr``), resumed epochs included; a
+        resumed epoch has no ``images_per_s``: the checkpoint keeps no timings, so that the same training
+        writes the same checkpoint bytes (a DVC output) on every run and machine load.
     """
     checkpoint = Path(checkpoint)
     history: list[dict[str, float]] = []
@@ -396,7 +403,7 @@ def fit(
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "epoch": epoch,
-                    "history": history,
+                    "history": [_without_timing(h) for h in history],
                     "config": config,
                 },
             )

@@ -75,6 +75,8 @@ class StageRun:
         model: a trained model file to log and register.
         model_kind: ``detector`` or ``sr``: how to load ``model`` and under which name to register it.
         evaluated_model: a detector file whose registered version gets this run's metrics as tags.
+        timing: wall times and speeds the stage returned but kept out of its report (the report is a DVC
+            output that identical runs must rewrite byte for byte), logged as ``timing.<key>`` metrics.
         tags: filled in by :func:`log_stage` (git commit, data and params hashes).
     """
 
@@ -86,6 +88,7 @@ class StageRun:
     model: str | None = None
     model_kind: Literal["detector", "sr"] | None = None
     evaluated_model: str | None = None
+    timing: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -285,6 +288,9 @@ def _log(run: StageRun) -> str:
         metrics = numeric_metrics(report)
         if metrics:
             mlflow.log_metrics(metrics)
+        timing = numeric_metrics({"timing": run.timing})
+        if timing:
+            mlflow.log_metrics(timing)
         for row in epoch_history(run, report):
             step = int(row.get("epoch", 0))
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=step)

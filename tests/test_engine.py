@@ -111,6 +111,16 @@ def test_restart_on_mismatch_trains_from_scratch_and_replaces_the_checkpoint(tmp
     assert foreign.read_text() == "a user's notes"
 
 
+def test_the_same_training_twice_writes_the_same_checkpoint_bytes(tmp_path: Path, one_thread: None) -> None:
+    # The checkpoint is a DVC output (checkpoints/sr.pt): a wall-clock speed in its history made every
+    # rerun's md5 differ. The history it keeps holds what training computed, not how fast it ran.
+    _train(tmp_path / "a" / "last.pt", epochs=2)
+    _train(tmp_path / "b" / "last.pt", epochs=2)
+    assert (tmp_path / "a" / "last.pt").read_bytes() == (tmp_path / "b" / "last.pt").read_bytes()
+    history = engine.load_checkpoint(tmp_path / "a" / "last.pt")["history"]
+    assert [h["epoch"] for h in history] == [0, 1] and all("images_per_s" not in h and h["loss"] > 0 for h in history)
+
+
 def test_same_state_saved_twice_gives_the_same_bytes(tmp_path: Path) -> None:
     # Different directories, file names and moments: the atomic write's temporary name must not leak in.
     torch.manual_seed(0)

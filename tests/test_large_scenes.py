@@ -108,7 +108,7 @@ def test_evaluate_scores_the_whole_scenes_full_and_sliced_at_the_training_tile_s
     report = read_json(large["evaluated"]["report"])
     for section in (report, report["sliced"]):
         assert section["images"] == 2 and section["gt_instances"] == len(val["annotations"]) > 0
-        assert all(k in section for k in KEYS) and section["images_per_s"] > 0
+        assert all(k in section for k in KEYS) and "images_per_s" not in section  # speeds: MLflow, not the file
     assert read_json(large["evaluated"]["errors"]).keys() == {"full", "sliced"}
     # Per val scene: the full pass (1 input) and the sliced pass (the full image again, include_full, and 25
     # tiles). The full image runs at 128 / 640 = 0.2; its 160 px tiles at the training tiles' factor

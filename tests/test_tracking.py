@@ -77,6 +77,7 @@ def _sr_stage(root: Path) -> tracking.StageRun:
         params={"sr.model": "espcn", "sr.scale": 2, "sr.perceptual.layers": None},
         model="models/sr.pt",
         model_kind="sr",
+        timing={"wall_s": 12.5, "images_per_s": None},  # a stage's speeds: MLflow only, never its report
     )
 
 
@@ -87,6 +88,7 @@ def test_stage_run_in_a_sqlite_store(store: str, tmp_path: Path) -> None:
     run = client.get_run(run_id)
     assert run.data.params == {"sr.model": "espcn", "sr.scale": "2", "sr.perceptual.layers": "None"}
     assert run.data.metrics["psnr_sr"] == 30.5 and run.data.metrics["small_objects.psnr_sr"] == 28.0
+    assert run.data.metrics["timing.wall_s"] == 12.5 and "timing.images_per_s" not in run.data.metrics
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(0, 0.5), (1, 0.25)]
     assert run.data.tags["dvc.stage"] == "train_sr"
     assert run.data.tags["params.hash"] == tracking.params_hash(

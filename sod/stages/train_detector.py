@@ -105,21 +105,26 @@ def run(
             on_epoch_end=write_curve,
         )  # fmt: skip
         wall = time.perf_counter() - start
+        speeds = [h["images_per_s"] for h in history if "images_per_s" in h]  # resumed epochs have none
         result = {
             "epochs": tcfg.epochs,
             "train_images": len(dataset),
             "final_loss": history[-1]["loss"],
-            "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
-            "wall_s": round(wall, 1),
             "device": device.type,
             "world_size": dist_info.world_size,
         }
+        # Timings stay out of the report and the loss curve (DVC outputs in git): identical runs must write
+        # identical files. They are logged, returned under "timing" and logged to MLflow (sod.tracking).
+        timing = {"wall_s": round(wall, 1), "images_per_s": round(sum(speeds) / len(speeds), 3) if speeds else None}
+        log.info(
+            "train_detector: %s s, %s images/s (epochs trained in this run)", timing["wall_s"], timing["images_per_s"]
+        )
         if dist_info.is_main:
             _write_loss_csv(loss_csv, history)  # also when every epoch was resumed from the checkpoint
             save_model(out, engine.unwrap(model), params, dataset, anchors, upscaler)
             write_json(report, result)
             remove_owned(checkpoint, "train_detector")  # only a checkpoint this stage's marker lists
-    return result
+    return {**result, "timing": timing}
 
 
 def _optimizer(model: torch.nn.Module, params: Params) -> torch.optim.Optimizer:
@@ -155,12 +160,12 @@ def _fingerprint_config(
 
 
 def _write_loss_csv(path: Path, history: list[dict[str, float]]) -> None:
-    keys = ["epoch"] + sorted(k for k in history[0] if k != "epoch")
+    keys = ["epoch"] + sorted(k for k in history[0] if k not in ("epoch", "images_per_s"))
     with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         for h in history:
-            writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()})
+            writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items() if k in keys})
 
 
 def save_model(

@@ -85,6 +85,7 @@ def test_report_has_full_and_sliced_metrics(evaluated: dict[str, Path]) -> None:
     for section in (report, report["sliced"], report["baseline"]):
         for k in (*KEYS, *AR_KEYS):
             assert k in section and (section[k] is None or 0.0 <= section[k] <= 1.0), k
+        assert "images_per_s" not in section  # speeds go to the log and MLflow: the file must reproduce
     assert report["max_dets"] == 300
     assert report["detections"] > 0
 
