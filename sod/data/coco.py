@@ -78,6 +78,7 @@ class CleaningCounts:
     segmentations_dropped: int = 0
     images_skipped_missing: int = 0
     images_skipped_corrupt: int = 0
+    images_skipped_too_large: int = 0  # over PIL's decompression-bomb limit (2 × Image.MAX_IMAGE_PIXELS)
     annotations_dropped_with_skipped_images: int = 0
     images_size_fixed: int = 0
     images_converted: dict[str, int] = field(default_factory=dict)  # kind -> count
@@ -290,6 +291,14 @@ def _check_image(
             with Image.open(path) as im:
                 im.load()  # decodes everything: catches truncated files that open() accepts
                 width, height, mode, fmt = im.width, im.height, im.mode, im.format
+        except Image.DecompressionBombError:
+            # PIL refuses to decode above 2 × MAX_IMAGE_PIXELS (a decompression-bomb guard): a named refusal, not
+            # a traceback. Such an image is larger than any detector input; cut it into tiles before prepare.
+            problem = (
+                f"has more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over PIL's decompression-bomb limit; "
+                "cut it into smaller images first"
+            )
+            counter = "images_skipped_too_large"
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             problem, counter = f"cannot be read ({type(exc).__name__}: {exc})", "images_skipped_corrupt"
     if problem is not None:

@@ -224,3 +224,35 @@ def test_cli_prepare_on_a_cleaned_case_writes_counts(tmp_path: Path) -> None:
     assert r["cleaning"]["images_converted"] == {"rgba": 1}
     assert r["train"]["images"] + r["val"]["images"] == 3
     assert r["val"]["images"] == 1
+
+
+@pytest.mark.parametrize("on_bad_image", ["error", "skip"])
+def test_image_over_the_decompression_bomb_limit_is_refused_by_name_or_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_bad_image: str
+) -> None:
+    # PIL refuses to decode more than 2 × MAX_IMAGE_PIXELS (179 M px by default); a 40 x 40 image under a
+    # limit of 100 px (200 refused) stands in for a 20,000 x 20,000 aerial mosaic.
+    (tmp_path / "huge.png").write_bytes((IMAGES / "good.png").read_bytes())
+    Image.new("RGB", (8, 8)).save(tmp_path / "small.png")
+    with Image.open(tmp_path / "huge.png") as im:
+        w, h = im.size
+    assert w * h > 200
+    data = {
+        "images": [
+            {"id": 1, "file_name": "huge.png", "width": w, "height": h},
+            {"id": 2, "file_name": "small.png", "width": 8, "height": 8},
+        ],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    if on_bad_image == "error":
+        with pytest.raises(DataError) as err:
+            coco.validate(data, tmp_path, tmp_path / "train.json", on_bad_image="error")
+        message = str(err.value)
+        assert "huge.png" in message and "decompression-bomb limit" in message and "\n" not in message
+        return
+    ds = coco.validate(data, tmp_path, tmp_path / "train.json", on_bad_image="skip")
+    assert [im.id for im in ds.images] == [2]
+    assert ds.counts.images_skipped_too_large == 1 and ds.counts.images_skipped_corrupt == 0
+    assert ds.counts.annotations_dropped_with_skipped_images == 1
