@@ -46,6 +46,10 @@ class CocoDetectionDataset(Dataset):
         label_to_category: label 1..K → COCO ``category_id``.
         num_classes: K.
         images: the image entries, in file order (index ``i`` of the dataset is ``images[i]``).
+        crowd_dropped: ``iscrowd: 1`` annotations left out of the targets. A crowd region is no object to
+            find (pycocotools ignores detections inside it); torchvision's RetinaNet matcher has no ignore
+            label for such regions, so they are not made targets at all (anchors inside them may still be
+            negatives).
 
     Raises:
         DataError: unreadable JSON, or an annotation whose image or category is not in the file.
@@ -61,6 +65,7 @@ class CocoDetectionDataset(Dataset):
         self.images: list[dict[str, Any]] = list(coco["images"])
         boxes: dict[int, list[list[float]]] = {im["id"]: [] for im in self.images}
         labels: dict[int, list[int]] = {im["id"]: [] for im in self.images}
+        self.crowd_dropped = 0
         for ann in coco["annotations"]:
             if ann["image_id"] not in boxes:
                 raise DataError(f"{self.json_path}: annotation {ann['id']}: image_id {ann['image_id']} is not an image")
@@ -68,6 +73,9 @@ class CocoDetectionDataset(Dataset):
                 raise DataError(
                     f"{self.json_path}: annotation {ann['id']}: category_id {ann['category_id']} is not a category"
                 )
+            if ann.get("iscrowd") in (1, True):
+                self.crowd_dropped += 1
+                continue
             x, y, w, h = ann["bbox"]
             boxes[ann["image_id"]].append([x, y, x + w, y + h])
             labels[ann["image_id"]].append(self.category_to_label[ann["category_id"]])

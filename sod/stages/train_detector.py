@@ -109,6 +109,7 @@ def run(
         result = {
             "epochs": tcfg.epochs,
             "train_images": len(dataset),
+            "crowd_annotations_dropped": dataset.crowd_dropped,  # iscrowd regions are no targets
             "final_loss": history[-1]["loss"],
             "device": device.type,
             "world_size": dist_info.world_size,

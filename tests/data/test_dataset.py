@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,3 +100,16 @@ def test_unknown_category_is_a_data_error(tmp_path: Path) -> None:
     write_json(tmp_path / "t.json", coco)
     with pytest.raises(DataError, match="image 1: cannot read"):
         CocoDetectionDataset(tmp_path / "t.json")[0]
+
+
+def test_crowd_annotations_are_no_training_targets(tiny_coco: Callable[..., Path]) -> None:
+    # A crowd region (iscrowd: 1) is no object to find: pycocotools ignores detections in it, and it must
+    # not teach the detector to fire on the whole region either.
+    path = tiny_coco(SPECS)
+    coco = json.loads(path.read_text())
+    coco["annotations"][0]["iscrowd"] = 1
+    path.write_text(json.dumps(coco))
+    ds = CocoDetectionDataset(path)
+    _, target = ds[0]
+    assert target["boxes"].tolist() == [[20, 10, 28, 18]] and target["labels"].tolist() == [1]
+    assert ds.crowd_dropped == 1
