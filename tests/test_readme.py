@@ -96,7 +96,8 @@ def test_undefined_metric_is_a_dash_not_zero(tmp_path: Path) -> None:
     ev["AP_large"] = None
     (root / "reports" / "evaluate.json").write_text(json.dumps(ev))
     full = next(ln for ln in render_results(root).splitlines() if ln.startswith("| full image |"))
-    assert full.split(" | ")[6] == "—"
+    # Columns: inference, AP, AP50, AP75, AP_small, AP_vt, AP_t, AP_medium, AP_large, AR.
+    assert full.split(" | ")[8] == "—"
 
 
 def test_ablation_mean_and_std_over_seeds(tmp_path: Path) -> None:

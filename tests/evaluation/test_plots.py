@@ -235,12 +235,14 @@ def check_recall_vs_size(rs: pd.DataFrame, report: dict[str, Any]) -> None:
 
 
 def check_ablation_table(table: pd.DataFrame) -> None:
-    """``ablation.csv``: a row per variant with AP by size, full and ``sliced_``, each in 0..1 (empty: not run)."""
+    """``ablation.csv``: a row per variant and training seed with AP by size, full and ``sliced_``, each in 0..1
+    (empty: not run)."""
     ap = [f"{p}AP{s}" for p in ("", "sliced_") for s in ("", "50", "_small", "_medium", "_large")]
     assert {"variant", *ap} <= set(table.columns)
     values = table[ap].to_numpy(dtype=float)
     assert ((values >= 0) & (values <= 1) | np.isnan(values)).all()
-    assert table["variant"].is_unique
+    keys = ["variant", *(c for c in table.columns if c == "train.seed")]
+    assert not table.duplicated(keys).any()
 
 
 def check_anchor_report(report: dict[str, Any]) -> None:
