@@ -574,9 +574,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             params = load_params(None)
         if hasattr(args, "threads"):  # a stage: it runs under its thread budget, restored afterwards
+            from sod.io import pixel_limit
             from sod.runtime import torch_threads
 
-            with torch_threads(_thread_budget(args, params)):
+            # Every stage reads images under prepare.max_pixels: what prepare accepted, the others can read.
+            with torch_threads(_thread_budget(args, params)), pixel_limit(params.prepare.max_pixels):
                 result = func(args, params)
         else:
             result = func(args, params)

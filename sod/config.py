@@ -128,6 +128,10 @@ class PrepareConfig:
     # Boxes narrower or shorter than this (px, after clipping) are dropped as sub-pixel.
     min_box_side: float = field(default=1.0, metadata=rng(gt=0))
     slice: SliceConfig = field(default_factory=SliceConfig)  # train images larger than slice.tile -> tiles
+    # Images with more pixels are refused (or skipped and counted, by on_bad_image) in every stage. None = PIL's
+    # decompression-bomb guard, 2 × PIL.Image.MAX_IMAGE_PIXELS = 178,956,970 px; a number replaces it (a
+    # 20,000 x 20,000 mosaic needs 400_000_000, and about 1.2 GB of memory per stage to decode).
+    max_pixels: int | None = field(default=None, metadata=rng(ge=1))
 
 
 # -------------------------------------------------------------------------------------------- augment

@@ -70,8 +70,49 @@ def save_png(path: str | Path, image_rgb: np.ndarray) -> None:
 
 def load_rgb(path: str | Path) -> np.ndarray:
     """Read an image file written by ``prepare`` (already 8-bit RGB) as a writable ``(H, W, 3) uint8`` array."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         return np.array(im.convert("RGB"))
+
+
+# ------------------------------------------------------------------------------------------ pixel limit
+# PIL refuses to decode an image of more than 2 × Image.MAX_IMAGE_PIXELS (179 M px) as a decompression-bomb
+# guard. Aerial mosaics pass that; ``prepare.max_pixels`` replaces the guard by an explicit limit for the
+# whole stage (see :func:`pixel_limit`), checked from the header before anything is decoded.
+_max_pixels: int | None = None
+
+
+def image_pixel_limit() -> int:
+    """The pixel count above which an image is refused: ``prepare.max_pixels``, else PIL's (2 × MAX_IMAGE_PIXELS)."""
+    return _max_pixels if _max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+
+
+@contextmanager
+def pixel_limit(limit: int | None) -> Iterator[None]:
+    """Within the block, images of up to ``limit`` pixels are read and larger ones refused; None = PIL's guard.
+
+    Every ``sod`` stage runs inside this with ``prepare.max_pixels`` (``sod/cli.py``), so an image that
+    ``prepare`` accepted is readable by the stages after it.
+    """
+    global _max_pixels
+    saved = _max_pixels, Image.MAX_IMAGE_PIXELS
+    if limit is not None:
+        # PIL's own guard (a warning above MAX_IMAGE_PIXELS, an error above twice that) gives way to ours.
+        _max_pixels, Image.MAX_IMAGE_PIXELS = limit, None
+    try:
+        yield
+    finally:
+        _max_pixels, Image.MAX_IMAGE_PIXELS = saved
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """``PIL.Image.open`` (lazy: the header only) that raises ``Image.DecompressionBombError`` for an image over
+    :func:`image_pixel_limit`, before its pixels are decoded. Use it as a context manager, like ``Image.open``."""
+    im = Image.open(path)
+    if _max_pixels is not None and im.width * im.height > _max_pixels:
+        size = f"{im.width} x {im.height}"
+        im.close()
+        raise Image.DecompressionBombError(f"{size} px is over prepare.max_pixels ({_max_pixels:,})")
+    return im
 
 
 # ------------------------------------------------------------------------------------ owned directories

@@ -1,4 +1,4 @@
-"""`sod.io`'s owned directories: the marker, and the checks that keep a stage off a user's files."""
+"""`sod.io`'s owned directories (the marker, and the checks that keep a stage off a user's files) and pixel limit."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from sod.errors import DataError
 from sod.io import (
@@ -15,6 +16,9 @@ from sod.io import (
     claim_file,
     files_under,
     finish_dir,
+    image_pixel_limit,
+    load_rgb,
+    pixel_limit,
     read_owner,
     remove_owned,
     replace_dir,
@@ -200,3 +204,23 @@ def test_remove_owned(tmp_path: Path) -> None:
     unmarked.mkdir()
     (unmarked / "a.pt").write_text("mine")
     assert not remove_owned(unmarked / "a.pt", "train_detector") and (unmarked / "a.pt").exists()
+
+
+def test_pixel_limit_reads_an_image_over_pils_guard_and_refuses_one_over_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PIL refuses above 2 x MAX_IMAGE_PIXELS; a limit of 100 (200 refused) stands in for its 179 M px.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    Image.new("RGB", (30, 20), (9, 8, 7)).save(tmp_path / "mosaic.png")  # 600 px
+    with pytest.raises(Image.DecompressionBombError):
+        load_rgb(tmp_path / "mosaic.png")
+    assert image_pixel_limit() == 200
+    with pixel_limit(600):  # exactly its size: read
+        assert load_rgb(tmp_path / "mosaic.png").shape == (20, 30, 3)
+        assert image_pixel_limit() == 600
+    with pixel_limit(599), pytest.raises(Image.DecompressionBombError, match="30 x 20 px is over prepare.max_pixels"):
+        load_rgb(tmp_path / "mosaic.png")
+    # The guard is PIL's again after the block, and None leaves it alone.
+    assert Image.MAX_IMAGE_PIXELS == 100 and image_pixel_limit() == 200
+    with pixel_limit(None):
+        assert Image.MAX_IMAGE_PIXELS == 100

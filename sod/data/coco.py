@@ -41,6 +41,7 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from sod.errors import DataError
+from sod.io import image_pixel_limit, open_image
 
 # Modes PIL opens for the image kinds we convert, mapped to the name we count them under.
 _MODE_KIND = {
@@ -288,15 +289,15 @@ def _check_image(
         problem, counter = "is missing", "images_skipped_missing"
     else:
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 im.load()  # decodes everything: catches truncated files that open() accepts
                 width, height, mode, fmt = im.width, im.height, im.mode, im.format
         except Image.DecompressionBombError:
-            # PIL refuses to decode above 2 × MAX_IMAGE_PIXELS (a decompression-bomb guard): a named refusal, not
-            # a traceback. Such an image is larger than any detector input; cut it into tiles before prepare.
+            # Over PIL's decompression-bomb guard (2 × MAX_IMAGE_PIXELS) or prepare.max_pixels: a named refusal,
+            # not a traceback.
             problem = (
-                f"has more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over PIL's decompression-bomb limit; "
-                "cut it into smaller images first"
+                f"has more than {image_pixel_limit():,} pixels (PIL's decompression-bomb limit, or "
+                "prepare.max_pixels when set); raise prepare.max_pixels to read it, or cut it into smaller images"
             )
             counter = "images_skipped_too_large"
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

@@ -19,7 +19,8 @@ Nothing a user made is overwritten: ``out`` and ``images_json`` are recorded in 
 
 Bad images (missing, corrupt or in a format PIL cannot read) get prepare's policy: ``on_bad_image: error``
 stops with one line naming the file; ``skip`` leaves them out and counts them (``images_skipped_missing``,
-``images_skipped_corrupt``).
+``images_skipped_corrupt``, ``images_skipped_too_large``: over ``prepare.max_pixels`` or PIL's decompression-bomb
+limit).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ STAGE = "predict"
 # The files a folder contributes: every extension PIL can open (others, e.g. a README, are not images).
 IMAGE_SUFFIXES = frozenset(ext.lower() for ext in Image.registered_extensions())
 # What reading an image can raise besides a missing file: prepare's list, plus PIL's decompression-bomb guard.
-_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 
 def run(
@@ -82,8 +83,8 @@ def run(
         draw_score: the least score drawn.
 
     Returns:
-        ``{"mode", "images", "images_skipped_missing", "images_skipped_corrupt", "detections", "seconds",
-        "out", "images_json"}``.
+        ``{"mode", "images", "images_skipped_missing", "images_skipped_corrupt", "images_skipped_too_large",
+        "detections", "seconds", "out", "images_json"}``.
 
     Raises:
         DataError: no image, a bad image under ``error``, an image not in ``coco``, two inputs of one name,
@@ -116,7 +117,7 @@ def run(
     names_by_cat = {c["id"]: c["name"] for c in meta["categories"]}
     predictor = Predictor.from_config(detector, ecfg, mode, train_tile=train_tile(params))
 
-    counts = {"images_skipped_missing": 0, "images_skipped_corrupt": 0}
+    counts = {"images_skipped_missing": 0, "images_skipped_corrupt": 0, "images_skipped_too_large": 0}
     results: list[dict[str, Any]] = []
     image_records: list[dict[str, Any]] = []
     drawn: list[str] = []
@@ -245,6 +246,9 @@ def _read(path: Path, on_bad_image: str, counts: dict[str, int]) -> np.ndarray |
     else:
         try:
             return load_rgb(path)
+        except Image.DecompressionBombError as exc:
+            problem = f"is too large ({exc}); raise prepare.max_pixels (--set prepare.max_pixels=N) to read it"
+            counter = "images_skipped_too_large"
         except _UNREADABLE as exc:
             problem, counter = f"cannot be read ({type(exc).__name__}: {exc})", "images_skipped_corrupt"
     if on_bad_image == "error":

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from sod.cli import main
 from sod.data import coco
 from sod.errors import DataError
-from sod.io import read_json
+from sod.io import pixel_limit, read_json
 
 CORPUS = Path(__file__).parent / "bad_coco"
 IMAGES = CORPUS / "images"
@@ -256,3 +256,8 @@ def test_image_over_the_decompression_bomb_limit_is_refused_by_name_or_counted(
     assert [im.id for im in ds.images] == [2]
     assert ds.counts.images_skipped_too_large == 1 and ds.counts.images_skipped_corrupt == 0
     assert ds.counts.annotations_dropped_with_skipped_images == 1
+    # prepare.max_pixels over the image's size reads it (and its box); under it, refuses it by that limit.
+    with pixel_limit(w * h):
+        assert [im.id for im in coco.validate(data, tmp_path, tmp_path / "train.json").images] == [1, 2]
+    with pixel_limit(w * h - 1), pytest.raises(DataError, match=f"huge.png has more than {w * h - 1:,} pixels"):
+        coco.validate(data, tmp_path, tmp_path / "train.json", on_bad_image="error")
