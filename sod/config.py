@@ -88,6 +88,9 @@ class CocoSourceConfig:
     # Optional: without them, prepare splits train by prepare.val_fraction and prepare.seed.
     val_annotations: str | None = None
     val_images: str | None = None
+    # A category whose boxes are regions to ignore (VisDrone's "ignored regions"): they become iscrowd regions of
+    # every other category (detections inside count neither way) and are no training targets.
+    ignore_category: str | None = None
 
 
 @dataclass

@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -83,6 +83,7 @@ class CleaningCounts:
     annotations_dropped_with_skipped_images: int = 0
     images_size_fixed: int = 0
     images_converted: dict[str, int] = field(default_factory=dict)  # kind -> count
+    ignore_regions: int = 0  # boxes of data.coco.ignore_category, made iscrowd regions of every category
 
     def add(self, other: CleaningCounts) -> CleaningCounts:
         out = CleaningCounts()
@@ -116,6 +117,54 @@ class CleanDataset:
     categories: list[dict[str, Any]]
     images: list[CleanImage]
     counts: CleaningCounts
+
+
+def is_crowd(ann: dict[str, Any]) -> bool:
+    """A crowd/ignore region (``iscrowd: 1``): no object to learn, find, paste or fit anchors to."""
+    return ann.get("iscrowd") in (1, True)
+
+
+def apply_ignore_category(datasets: list[CleanDataset], name: str) -> list[CleanDataset]:
+    """Turn category ``name`` (e.g. VisDrone's "ignored regions") into ignore regions of every other category.
+
+    pycocotools ignores a detection that lies mostly inside an ``iscrowd: 1`` box of *its own* category
+    (crowd IoU = intersection / detection area), so each box of ``name`` becomes one ``iscrowd: 1`` annotation
+    per remaining category, same box, new ids (after every id in ``datasets``): detections of any class
+    inside it are neither true nor false positives. ``name`` leaves ``categories``; training leaves crowd
+    regions out of its targets (:mod:`sod.data.dataset`). Counted as ``ignore_regions`` (boxes, not copies).
+
+    Raises:
+        DataError: no category of that name, or it is the only one.
+    """
+    cats = datasets[0].categories
+    ignored = [c for c in cats if c["name"] == name]
+    if not ignored:
+        raise DataError(
+            f"data.coco.ignore_category {name!r} is not a category name (names: {', '.join(c['name'] for c in cats)})"
+        )
+    keep = [c for c in cats if c["name"] != name]
+    if not keep:
+        raise DataError(f"data.coco.ignore_category {name!r} is the only category: nothing left to detect")
+    cid = ignored[0]["id"]
+    next_id = 1 + max((a["id"] for ds in datasets for im in ds.images for a in im.annotations), default=0)
+    out = []
+    for ds in datasets:
+        counts = replace(ds.counts)
+        images = []
+        for im in ds.images:
+            anns = []
+            for a in im.annotations:
+                if a["category_id"] != cid:
+                    anns.append(a)
+                    continue
+                counts.ignore_regions += 1
+                for c in keep:
+                    region = {k: v for k, v in a.items() if k != "segmentation"}
+                    anns.append({**region, "id": next_id, "category_id": c["id"], "iscrowd": 1})
+                    next_id += 1
+            images.append(CleanImage(im.id, im.src, im.rel, im.width, im.height, im.convert, anns))
+        out.append(CleanDataset(keep, images, counts))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- reading

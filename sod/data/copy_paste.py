@@ -49,6 +49,7 @@ from pycocotools import mask as mask_utils
 from torchvision.transforms import InterpolationMode
 
 from sod.config import CopyPasteConfig
+from sod.data.coco import is_crowd
 from sod.progress import progress_bar
 
 REJECT_REASONS = ("overlap", "no_room", "degenerate")
@@ -291,7 +292,7 @@ def find_sources(
         anns = anns_by_image[im["id"]]
         free = unoccluded(xywh_to_xyxy([a["bbox"] for a in anns])) if anns else np.zeros(0, dtype=bool)
         for ann, ok in zip(anns, free, strict=True):
-            if ann["area"] < small_area:
+            if ann["area"] < small_area and not is_crowd(ann):  # a crowd/ignore region is no object to paste
                 if ok:
                     sources.append(Source(idx, ann))
                 else:

@@ -25,7 +25,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from sod.config import OnlineAugmentConfig
-from sod.data.coco import image_path, load_coco_json
+from sod.data.coco import image_path, is_crowd, load_coco_json
 from sod.errors import DataError
 from sod.io import load_rgb
 
@@ -73,7 +73,7 @@ class CocoDetectionDataset(Dataset):
                 raise DataError(
                     f"{self.json_path}: annotation {ann['id']}: category_id {ann['category_id']} is not a category"
                 )
-            if ann.get("iscrowd") in (1, True):
+            if is_crowd(ann):
                 self.crowd_dropped += 1
                 continue
             x, y, w, h = ann["bbox"]

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from sod.data.coco import is_crowd
+
 
 def small_classes_per_image(coco: dict[str, Any], small_area: float) -> dict[int, set[int]]:
     """The category ids of the small objects (``area < small_area``) of every image.
@@ -37,7 +39,7 @@ def small_classes_per_image(coco: dict[str, Any], small_area: float) -> dict[int
     """
     out: dict[int, set[int]] = {im["id"]: set() for im in coco["images"]}
     for ann in coco["annotations"]:
-        if ann["area"] < small_area:
+        if ann["area"] < small_area and not is_crowd(ann):  # a crowd/ignore region is no object
             out[ann["image_id"]].add(ann["category_id"])
     return out
 

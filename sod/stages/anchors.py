@@ -162,6 +162,8 @@ def load_boxes(train_json: Path, min_size: int, max_size: int) -> anc.GridBoxes:
         where = f"annotations[{i}]" + (f" (id={ann.get('id')})" if isinstance(ann, dict) else "")
         if not isinstance(ann, dict):
             raise DataError(f"{train_json}: {where} is not a JSON object")
+        if coco.is_crowd(ann):  # an ignore region is no target: training never matches anchors to it
+            continue
         try:
             img_index, rw, rh, wh = images[ann.get("image_id")]
         except (KeyError, TypeError):  # TypeError: an unhashable image_id such as a list

@@ -77,6 +77,8 @@ def run(
                     categories=datasets[0].categories if datasets else None,
                 )
             )
+        if params.data.source == "coco" and params.data.coco.ignore_category is not None:
+            datasets = coco.apply_ignore_category(datasets, params.data.coco.ignore_category)
         for ds, (ann_path, _) in zip(datasets, sources, strict=True):
             if not ds.images:
                 raise DataError(f"{ann_path}: no usable image left after validation")
@@ -148,11 +150,15 @@ def split_images(images: list[coco.CleanImage], val_fraction: float, seed: int) 
 
 
 def split_stats(d: dict[str, Any]) -> dict[str, Any]:
-    """Image/instance counts, COCO size-bucket fractions (by ``area``) and per-class counts of a split."""
-    areas = np.array([a["area"] for a in d["annotations"]], dtype=np.float64)
+    """Image/instance counts, COCO size-bucket fractions (by ``area``) and per-class counts of a split.
+
+    Crowd/ignore regions (``iscrowd: 1``) are no instances; they are counted as ``crowd_regions``.
+    """
+    objects = [a for a in d["annotations"] if not coco.is_crowd(a)]
+    areas = np.array([a["area"] for a in objects], dtype=np.float64)
     n = len(areas)
     names = {c["id"]: c["name"] for c in d["categories"]}
-    per_class = Counter(names[a["category_id"]] for a in d["annotations"])
+    per_class = Counter(names[a["category_id"]] for a in objects)
 
     def frac(mask: np.ndarray) -> float:
         return round(float(mask.sum()) / n, 4) if n else 0.0
@@ -164,6 +170,7 @@ def split_stats(d: dict[str, Any]) -> dict[str, Any]:
         "frac_medium": frac((areas >= COCO_SMALL_AREA) & (areas < COCO_MEDIUM_AREA)),
         "frac_large": frac(areas >= COCO_MEDIUM_AREA),
         "per_class": {c["name"]: per_class.get(c["name"], 0) for c in d["categories"]},
+        "crowd_regions": len(d["annotations"]) - n,
     }
 
 
@@ -171,7 +178,7 @@ def size_histogram(cocos: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Instances per sqrt(area) bin and split: columns ``size_px`` (bin's lower edge), one per split."""
     table = pd.DataFrame({"size_px": SIZE_BINS[:-1]})
     for split, d in cocos.items():
-        sizes = np.sqrt([a["area"] for a in d["annotations"]])
+        sizes = np.sqrt([a["area"] for a in d["annotations"] if not coco.is_crowd(a)])
         table[split] = np.histogram(sizes, bins=SIZE_BINS)[0]
     return table
 
@@ -185,7 +192,7 @@ def plot_size_histogram(cocos: dict[str, dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     bins = np.geomspace(2, 1024, 40)
     for split, d in cocos.items():
-        sizes = np.sqrt([a["area"] for a in d["annotations"]])
+        sizes = np.sqrt([a["area"] for a in d["annotations"] if not coco.is_crowd(a)])
         ax.hist(np.clip(sizes, 2, 1024), bins=bins, alpha=0.6, label=f"{split} ({len(sizes)})")
     for edge, name in ((32, "small | medium"), (96, "medium | large")):
         ax.axvline(edge, color="k", ls="--", lw=1)

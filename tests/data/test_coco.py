@@ -261,3 +261,17 @@ def test_image_over_the_decompression_bomb_limit_is_refused_by_name_or_counted(
         assert [im.id for im in coco.validate(data, tmp_path, tmp_path / "train.json").images] == [1, 2]
     with pixel_limit(w * h - 1), pytest.raises(DataError, match=f"huge.png has more than {w * h - 1:,} pixels"):
         coco.validate(data, tmp_path, tmp_path / "train.json", on_bad_image="error")
+
+
+def test_an_unknown_or_only_ignore_category_is_a_one_line_error(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "small.png")
+    data = {
+        "images": [{"id": 1, "file_name": "small.png", "width": 8, "height": 8}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    ds = coco.validate(data, tmp_path, tmp_path / "train.json")
+    with pytest.raises(DataError, match="'ignored' is not a category name \\(names: thing\\)"):
+        coco.apply_ignore_category([ds], "ignored")
+    with pytest.raises(DataError, match="is the only category"):
+        coco.apply_ignore_category([ds], "thing")

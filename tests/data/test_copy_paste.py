@@ -239,6 +239,13 @@ def test_find_sources_keeps_small_unoccluded_objects_in_order() -> None:
     assert occluded == 2
 
 
+def test_find_sources_skips_crowd_regions() -> None:
+    coco, _ = _dataset([((100, 100), [(0, 0, 10, 10), (50, 50, 10, 10)])])
+    coco["annotations"][0]["iscrowd"] = 1
+    sources, occluded = find_sources(coco["images"], annotations_by_image(coco), small_area=1024)
+    assert [s.annotation["id"] for s in sources] == [coco["annotations"][1]["id"]] and occluded == 0
+
+
 def test_plan_same_sends_each_object_times_to_its_own_image() -> None:
     a, b = Source(2, {"id": 7}), Source(0, {"id": 9})
     plan = plan_pastes([a, b], num_images=5, times=2, source="same", seed=0)

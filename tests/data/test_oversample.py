@@ -41,6 +41,12 @@ def test_small_classes_per_image_uses_strict_area_threshold() -> None:
     assert small_classes_per_image(COCO3, 1023)[30] == set()  # 1023 is not < 1023
 
 
+def test_a_small_crowd_region_makes_no_small_object_image() -> None:
+    crowd = _coco([[(10, 10, 1)], [(10, 10, 1), (40, 40, 2)]])
+    crowd["annotations"][0]["iscrowd"] = 1  # image 10's only small box is a crowd/ignore region
+    assert small_classes_per_image(crowd, 1024) == {10: set(), 20: {1}}
+
+
 def test_ratio_two_doubles_exactly_the_small_object_images() -> None:
     out, stats = oversample(COCO3, "ratio", 1024, 2.0, 0.3, seed=0)
     assert out["images"][:3] == COCO3["images"] and out["annotations"][:4] == COCO3["annotations"]

@@ -105,6 +105,15 @@ def test_stage_writes_three_files_and_is_deterministic(tmp_path: Path) -> None:
     assert _digest(again) == _digest(paths)
 
 
+def test_crowd_regions_are_not_fitted(tmp_path: Path) -> None:
+    train = _tiny_coco(tmp_path / "train.json", n_boxes=30)
+    raw = read_json(train)
+    n = len(load_boxes(train, 320, 320).wh)
+    raw["annotations"][0]["iscrowd"] = 1
+    train.write_text(json.dumps(raw))
+    assert len(load_boxes(train, 320, 320).wh) == n - 1
+
+
 def test_method_default_writes_torchvision_anchors(tmp_path: Path) -> None:
     train = _tiny_coco(tmp_path / "train.json", n_boxes=30)
     code, paths = _run(tmp_path, train, "default", ["anchors.method=default", "detector.levels=[2,3,4,5]"])

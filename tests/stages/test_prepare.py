@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,63 @@ def test_a_cmyk_jpeg_becomes_8bit_rgb_and_is_counted(tmp_path: Path) -> None:
     with Image.open(corpus / "images" / "good.png") as im:
         diff = np.abs(rgb.astype(int) - np.asarray(im).astype(int))
     assert diff.mean() < 3 and diff.max() <= 24
+
+
+def test_an_ignore_category_becomes_crowd_regions_that_pycocotools_ignores(tmp_path: Path) -> None:
+    """data.coco.ignore_category: the category leaves `categories`; its box becomes an iscrowd region of each
+    other category, so a detection of any class inside it is neither TP nor FP (pycocotools' crowd rule)."""
+    from pycocotools.cocoeval import COCOeval
+
+    root = tmp_path / "raw"
+    (root / "images").mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (100, 100), (120, 120, 120)).save(root / "images" / name)
+    data = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 100, "height": 100},
+            {"id": 2, "file_name": "b.png", "width": 100, "height": 100},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20]},
+            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [10, 10, 20, 20]},
+            {"id": 7, "image_id": 2, "category_id": 9, "bbox": [50, 50, 40, 40]},  # the ignored region
+        ],
+        "categories": [{"id": 1, "name": "car"}, {"id": 2, "name": "van"}, {"id": 9, "name": "ignored regions"}],
+    }
+    (root / "train.json").write_text(json.dumps(data))
+    code, paths = _run(
+        tmp_path,
+        extra=[
+            "data.source=coco",
+            f"data.coco.train_annotations={root / 'train.json'}",
+            f"data.coco.train_images={root / 'images'}",
+            "data.coco.ignore_category=ignored regions",
+            "prepare.val_fraction=0.5",
+        ],
+    )
+    assert code == 0
+    report = read_json(paths["report"])
+    assert report["cleaning"]["ignore_regions"] == 1
+    cocos = {split: read_json(paths["out"] / f"{split}.json") for split in ("train", "val")}
+    for d in cocos.values():
+        assert [c["name"] for c in d["categories"]] == ["car", "van"]
+    crowd = sorted(
+        (a["id"], a["category_id"], a["bbox"]) for d in cocos.values() for a in d["annotations"] if a["iscrowd"]
+    )
+    assert crowd == [(8, 1, [50.0, 50.0, 40.0, 40.0]), (9, 2, [50.0, 50.0, 40.0, 40.0])]  # ids after the largest, 7
+    split = next(s for s, d in cocos.items() if any(a["iscrowd"] for a in d["annotations"]))
+    assert report[split]["instances"] == 1 and report[split]["crowd_regions"] == 2
+
+    # Scored on the image with the region: a true van, a car inside the region (ignored, not a false positive).
+    gt = COCO()
+    gt.dataset = {**cocos[split], "images": [im for im in cocos[split]["images"] if im["id"] == 2]}
+    gt.dataset["annotations"] = [a for a in cocos[split]["annotations"] if a["image_id"] == 2]
+    gt.createIndex()
+    dets = [
+        {"image_id": 2, "category_id": 2, "bbox": [10, 10, 20, 20], "score": 0.5},
+        {"image_id": 2, "category_id": 1, "bbox": [60, 60, 10, 10], "score": 0.9},
+    ]
+    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+    ev.evaluate()
+    car = next(e for e in ev.evalImgs if e is not None and e["category_id"] == 1 and e["aRng"] == [0, 1e10])
+    assert car["dtIgnore"][0].tolist() == [True]  # at IoU 0.5: inside the region, neither TP nor FP
