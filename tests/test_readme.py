@@ -12,6 +12,7 @@ from bench._results import machine_info, row, write_result
 from sod.cli import main
 from sod.errors import DataError
 from sod.readme import (
+    _LARGE_METRICS,
     ablation_table,
     begin_marker,
     end_marker,
@@ -20,6 +21,7 @@ from sod.readme import (
     mean_std,
     render,
     render_benchmarks,
+    render_large_images,
     render_results,
     update,
 )
@@ -35,6 +37,7 @@ def _readme(body: str = "old") -> str:
         "# title\n\nkept 0.123 before\n\n"
         f"{begin_marker('results')}\n{body}\n{end_marker('results')}\n\nmiddle\n\n"
         f"{begin_marker('benchmarks')}\n{body}\n{end_marker('benchmarks')}\n\nkept after\n"
+        f"{begin_marker('large_images')}\n{body}\n{end_marker('large_images')}\n"
     )
 
 
@@ -207,3 +210,27 @@ def test_cli_missing_readme_is_one_line_error(tmp_path: Path, capsys: pytest.Cap
     assert main(["readme", "--readme", str(tmp_path / "nope.md"), "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sod readme: error:") and err.count("\n") == 1
+
+
+def test_large_images_section_from_the_flows_result(tmp_path: Path) -> None:
+    assert "Not measured yet" in render_large_images(tmp_path)
+    ev = {"AP": 0.1, "AP_small": 0.02, "AP_vt": 0.0, "AP_t": 0.01, "images": 4, "gt_instances": 90}
+    whole = {"wall_s": 600.0, "evaluate": {**ev, "sliced": {**ev, "AP_small": 0.05}}}
+    tiles = {"wall_s": 660.0, "evaluate": {**ev, "AP_small": 0.03, "sliced": {**ev, "AP_small": 0.125}}}
+    result = {"scene_px": 1280, "scenes": 16, "input_px": 320, "command": "python -m flows.large_images",
+              "runs": {"whole": whole, "tiles": tiles}}  # fmt: skip
+    path = tmp_path / "reports" / "large_images" / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(result))
+    rows = {
+        ln.split(" | ")[0] + " | " + ln.split(" | ")[1]: ln.split(" | ")
+        for ln in render_large_images(tmp_path).splitlines()
+        if ln.startswith("| (")
+    }
+    small = 2 + _LARGE_METRICS.index("AP_small")
+    assert [r[small] for r in rows.values()] == ["0.020", "0.050", "0.125", "0.030"]
+    assert "11 min" in render_large_images(tmp_path)
+    del result["runs"]["tiles"]
+    path.write_text(json.dumps(result))
+    with pytest.raises(DataError, match="missing 'tiles'"):
+        render_large_images(tmp_path)
