@@ -185,14 +185,14 @@ def _predict(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         draw_score=args.draw_score,
         progress=not args.quiet,
     )
-    skipped = result["images_skipped_missing"] + result["images_skipped_corrupt"]
+    skipped = result["images_skipped_missing"] + result["images_skipped_corrupt"] + result["images_skipped_too_large"]
     print(
         f"sod predict: {result['detections']} detections on {result['images']} images ({result['mode']}) "
         f"-> {result['out']}"
         + (f"; images listed in {result['images_json']}" if result["images_json"] else "")
         + (
             f"; skipped {skipped} bad images ({result['images_skipped_missing']} missing, "
-            f"{result['images_skipped_corrupt']} corrupt)"
+            f"{result['images_skipped_corrupt']} corrupt, {result['images_skipped_too_large']} too large)"
             if skipped
             else ""
         )

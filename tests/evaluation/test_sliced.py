@@ -198,6 +198,26 @@ def test_tiles_are_batched() -> None:
     assert len(out) == 2
 
 
+def test_memory_is_a_tile_batch_at_model_scale_never_the_whole_image_at_it() -> None:
+    # A 1,200 x 1,600 image trained on 160 px tiles at native scale (input 160): at model scale the whole image
+    # would be 1.9 M px. Every call gets at most batch_size inputs, each the full image shrunk to the input size
+    # or one tile at its scale, so the largest call holds batch_size x 160² px, whatever the image's size.
+    sizes: list[list[tuple[int, int]]] = []
+
+    def recording(images: list[Tensor]) -> list[dict[str, Tensor]]:
+        sizes.append([tuple(im.shape[-2:]) for im in images])
+        return _fixed_box(images)
+
+    image = torch.zeros(3, 1200, 1600)
+    pred = SlicedPredictor(recording, tile=160, overlap=0.25, batch_size=8, input_size=(160, 160), train_tile=160)
+    pred([image])
+    assert sizes[0][0] == (120, 160)  # the full-image pass, at 0.1
+    assert all(len(call) <= 8 for call in sizes)
+    assert {s for call in sizes for s in call} == {(120, 160), (160, 160)}  # edge tiles padded to the tile shape
+    assert sum(len(call) for call in sizes) == 1 + len(tile_grid(1200, 1600, 160, 0.25))
+    assert max(sum(h * w for h, w in call) for call in sizes) <= 8 * 160 * 160 < 1200 * 1600
+
+
 @pytest.mark.parametrize("include_full", [True, False])
 @pytest.mark.parametrize("method", ["nms", "greedy_nmm"])
 def test_object_cut_by_a_tile_border_is_found_once(method: str, include_full: bool) -> None:

@@ -69,7 +69,7 @@ def test_skip_counts_the_bad_image_and_writes_coco_results_and_pictures(
     argv += ["--mode", "sliced"]
     assert _predict(model, *argv) == 0
     line = capsys.readouterr().out
-    assert "on 2 images (sliced)" in line and "skipped 1 bad images (0 missing, 1 corrupt)" in line
+    assert "on 2 images (sliced)" in line and "skipped 1 bad images (0 missing, 1 corrupt, 0 too large)" in line
 
     # Ids by sorted file name over the inputs: a.png 1, big.png 2, broken.png 3 (skipped, so not listed).
     images = read_json(tmp_path / "out/results.images.json")
@@ -146,3 +146,37 @@ def test_a_registered_mlflow_model_is_read_offline(
     assert sod("predict", "--model", "models:/sod-detector/1", image, "--out", "from_registry.json") == 0
     assert read_json(tmp_path / "from_registry.json") == read_json(tmp_path / "from_file.json")
     assert sod("predict", "--model", "models:/sod-detector/9", image, "--out", "none.json") == 2
+
+
+def test_a_3000_px_image_in_a_mixed_folder_and_max_pixels(
+    model: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A drone-frame-sized image (3,000 x 2,000 px, the scene stretched) beside a 128 px one and a corrupt file:
+    COCO results in its own pixels that pycocotools loads, and a picture; under a smaller prepare.max_pixels
+    it is skipped and counted as too large, not fatal."""
+    with Image.open(folder / "a.png") as im:
+        im.resize((3000, 2000)).save(folder / "frame.png")
+    out, draw = tmp_path / "results.json", tmp_path / "drawn"
+    argv = [str(folder), "--out", str(out), "--draw", str(draw), "--on-bad-image", "skip", "--mode", "full"]
+    assert _predict(model, *argv) == 0
+    assert "skipped 1 bad images (0 missing, 1 corrupt, 0 too large)" in capsys.readouterr().out
+    images = read_json(tmp_path / "results.images.json")
+    frame = next(im for im in images["images"] if im["file_name"] == "frame.png")
+    assert (frame["width"], frame["height"]) == (3000, 2000)
+    gt = COCO()
+    gt.dataset = images | {"annotations": []}
+    gt.createIndex()
+    dets = gt.loadRes(str(out))
+    boxes = np.array([a["bbox"] for a in dets.dataset["annotations"] if a["image_id"] == frame["id"]])
+    assert len(boxes) and (boxes[:, 0] + boxes[:, 2]).max() <= 3000 and (boxes[:, 1] + boxes[:, 3]).max() <= 2000
+    # Boxes come back in the frame's own pixels: some lie beyond the 128 px the detector saw it at.
+    assert (boxes[:, 0] + boxes[:, 2]).max() > 128
+    with Image.open(draw / "frame.png") as im:
+        assert im.size == (3000, 2000)
+
+    out2 = tmp_path / "small_limit.json"
+    argv2 = [str(folder), "--out", str(out2), "--on-bad-image", "skip", "--mode", "full"]
+    assert _predict(model, *argv2, "--set", "prepare.max_pixels=1000000") == 0
+    assert "skipped 2 bad images (0 missing, 1 corrupt, 1 too large)" in capsys.readouterr().out
+    listed = read_json(tmp_path / "small_limit.images.json")["images"]
+    assert "frame.png" not in {im["file_name"] for im in listed}
