@@ -79,7 +79,7 @@ class CleaningCounts:
     segmentations_dropped: int = 0
     images_skipped_missing: int = 0
     images_skipped_corrupt: int = 0
-    images_skipped_too_large: int = 0  # over PIL's decompression-bomb limit (2 × Image.MAX_IMAGE_PIXELS)
+    images_skipped_too_large: int = 0  # over prepare.max_pixels, else PIL's decompression-bomb limit
     annotations_dropped_with_skipped_images: int = 0
     images_size_fixed: int = 0
     images_converted: dict[str, int] = field(default_factory=dict)  # kind -> count
