@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             "Train and score the detector on large embedded scenes: trained on whole scenes (scored whole and "
             "sliced) and trained on tiles (scored sliced and whole). Writes reports/large_images/results.json; "
             "`sod readme` then updates the README's Large images table. Two runs at once, sharing the cores; "
-            "~35 min on 2 CPU cores."
+            "46 min on 2 CPU cores (beside other work; reports/large_images/results.json records wall_s)."
         ),
     )
     parser.add_argument("--scene", type=int, default=SCENE, help=f"scene side, px (default {SCENE})")
