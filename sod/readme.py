@@ -297,7 +297,7 @@ def render_large_images(root: Path) -> str:
     (c) trained on tiles, sliced inference; and, for completeness, (c) scored on the whole scene.
 
     Raises:
-        DataError: the file exists but lacks a run or a metric.
+        DataError: the file exists but lacks a run or its evaluate results (a missing metric renders as a dash).
     """
     path = Path(root) / "reports" / "large_images" / "results.json"
     res = _read_json(path)
