@@ -158,8 +158,8 @@ def apply_ignore_category(datasets: list[CleanDataset], name: str) -> list[Clean
                     anns.append(a)
                     continue
                 counts.ignore_regions += 1
+                region = {k: v for k, v in a.items() if k != "segmentation"}
                 for c in keep:
-                    region = {k: v for k, v in a.items() if k != "segmentation"}
                     anns.append({**region, "id": next_id, "category_id": c["id"], "iscrowd": 1})
                     next_id += 1
             images.append(CleanImage(im.id, im.src, im.rel, im.width, im.height, im.convert, anns))

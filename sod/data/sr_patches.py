@@ -58,7 +58,7 @@ def load_split(json_path: Path, scale: int, limit: int | None = None) -> list[SR
     small: dict[Any, list[list[float]]] = {}
     for i, ann in enumerate(raw["annotations"]):
         try:
-            if ann.get("iscrowd", 0) or float(ann["area"]) >= COCO_SMALL_AREA:
+            if coco.is_crowd(ann) or float(ann["area"]) >= COCO_SMALL_AREA:
                 continue
             x, y, w, h = (float(v) for v in ann["bbox"])
             small.setdefault(ann["image_id"], []).append([x, y, x + w, y + h])
