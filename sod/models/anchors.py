@@ -36,6 +36,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import box_iou
 
 from sod.config import COCO_MEDIUM_AREA, COCO_SMALL_AREA
+from sod.models.assign import atss_assign
 
 # torchvision RetinaNet (_default_anchorgen): base size 4 × stride, three octave scales, h/w ratios.
 DEFAULT_BASE_PER_STRIDE = 4
@@ -343,8 +344,10 @@ def match_on_grid(
     strides: Sequence[int],
     anchors_wh: Sequence[np.ndarray],
     fg_iou_thresh: float,
+    assigner: str = "iou",
+    atss_topk: int = 9,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What torchvision's RetinaNet matcher gives each box in training: best grid IoU and positive anchors.
+    """What the detector's assignment gives each box in training: best grid IoU and positive anchors.
 
     Per image, the grid anchors that overlap its boxes are built as
     :class:`~sod.models.detector.PyramidAnchorGenerator` builds them (float32 xyxy, centres ``(j·s, i·s)``),
@@ -354,12 +357,15 @@ def match_on_grid(
     for the box it overlaps most if that IoU ≥ fg, and each box also gets every anchor tied at its highest
     IoU (the low-quality fallback), unless those overlap another box more. Anchors that overlap no box
     would be negatives and change nothing, so they are left out. Images with identical boxes (oversampled
-    repeats) are matched once.
+    repeats) are matched once. With ``assigner="atss"`` the positives are :func:`sod.models.assign.atss_assign`'s
+    on the same anchors (its candidates, the anchors nearest a box's centre, are always among them), and
+    ``matched`` equals ``positives``.
 
     Args:
         boxes: the GT boxes; those with the same ``image_index`` compete for anchors.
         strides, anchors_wh: per level the stride and the ``[A_l, 2]`` anchor (w, h), pixels.
         fg_iou_thresh: the matcher's positive threshold (``detector.fg_iou_thresh``).
+        assigner, atss_topk: ``detector.assigner`` (iou | atss) and ``detector.atss_topk``.
 
     Returns:
         Per box, ``[N]`` each: ``best`` float64 best IoU over the grid anchors; ``positives`` int64 anchors
@@ -390,9 +396,13 @@ def match_on_grid(
                 anchors.append((shifts[:, None, :] + cell[None]).reshape(-1, 4))
             gt = torch.as_tensor(xyxy, dtype=torch.float32)  # the transform's float32 boxes
             iou = box_iou(gt, torch.cat(anchors))  # [G, C]
-            match = matcher(iou)  # [C]: box index, or -1 (not positive)
-            fg = match >= 0
-            quality = fg & (iou.max(dim=0).values >= fg_iou_thresh)
+            if assigner == "atss":
+                match = atss_assign(gt, torch.cat(anchors), [len(a) for a in anchors], atss_topk)
+                fg = quality = match >= 0
+            else:
+                match = matcher(iou)  # [C]: box index, or -1 (not positive)
+                fg = match >= 0
+                quality = fg & (iou.max(dim=0).values >= fg_iou_thresh)
             done[key] = (
                 iou.max(dim=1).values.double().numpy(),
                 torch.bincount(match[quality], minlength=len(sel)).numpy(),
@@ -407,6 +417,8 @@ def grid_metrics(
     strides: Sequence[int],
     anchors_wh: Sequence[np.ndarray],
     fg_iou_thresh: float,
+    assigner: str = "iou",
+    atss_topk: int = 9,
 ) -> dict[str, dict[str, float | None]]:
     """Grid-aware recall and positives per box, overall and per size bucket (:func:`match_on_grid`).
 
@@ -414,10 +426,11 @@ def grid_metrics(
         ``{"bpr_grid": {...}, "positives_per_gt": {...}}``, each keyed ``all``, ``small``, ``medium``,
         ``large``, ``under_12px``: ``bpr_grid`` is the share of boxes with a grid anchor at IoU ≥
         ``fg_iou_thresh`` (a box without one is learnt only from the matcher's low-quality fallback);
-        ``positives_per_gt`` the mean number of anchors the matcher makes positive for a box. Rounded to 6
+        ``positives_per_gt`` the mean number of anchors the assignment (``assigner``: torchvision's matcher at
+        IoU ≥ fg, or ATSS) makes positive for a box. Rounded to 6
         (share) and 4 (mean) decimals; None for an empty bucket.
     """
-    best, positives, matched = match_on_grid(boxes, strides, anchors_wh, fg_iou_thresh)
+    best, positives, matched = match_on_grid(boxes, strides, anchors_wh, fg_iou_thresh, assigner, atss_topk)
     hit = best >= fg_iou_thresh
     masks = {"all": np.ones(len(boxes), dtype=bool), **boxes.buckets()}
 

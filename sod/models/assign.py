@@ -59,7 +59,8 @@ def atss_assign(boxes: Tensor, anchors: Tensor, level_sizes: Sequence[int], topk
     threshold = candidate_iou.mean(dim=1) + spread  # [G]
     centres = anchor_centres[candidate_idx]  # [G, C, 2]
     inside = (centres > boxes[:, None, :2]).all(dim=-1) & (centres < boxes[:, None, 2:]).all(dim=-1)
-    positive = (candidate_iou >= threshold[:, None]) & inside
+    # The tolerance keeps tied candidates (std 0) positive despite float32 rounding of their mean.
+    positive = (candidate_iou >= threshold[:, None] - 1e-6) & inside
     # mean + std can exceed every candidate (IoUs [a, a, a, 0]); such a box keeps its best candidate, as
     # torchvision's Matcher keeps a box's best anchor (allow_low_quality_matches), so no box goes unlearnt.
     best_candidate = candidate_iou.argmax(dim=1)

@@ -18,11 +18,13 @@ Outputs (paths from the command line):
     where the detector has them (every level's stride grid over the padded input) and torchvision's own
     ``Matcher`` (:func:`sod.models.anchors.match_on_grid`):
       - ``bpr_grid``: share of boxes with a grid anchor at IoU ≥ ``detector.fg_iou_thresh``;
-      - ``positives_per_gt``: mean anchors the matcher makes positive for a box at IoU ≥ fg;
+      - ``positives_per_gt``: mean anchors the matcher makes positive for a box at IoU ≥ fg; with
+        ``detector.assigner: atss``, the anchors ATSS makes positive (:func:`sod.models.assign.atss_assign`);
       - ``matched_per_gt``: the same plus the matcher's low-quality fallback (every anchor tied at the
         box's best IoU: a 6 px box inside a 32 px anchor ties with every grid position the anchor contains);
+        equal to ``positives_per_gt`` under ATSS;
     and the shape-only upper bounds ``bpr``, ``mean_best_iou``, ``bpr_small``, ``bpr_medium``, ``bpr_large``
-    (anchors and boxes on a common centre); plus ``num_boxes`` and ``fg_iou_thresh``;
+    (anchors and boxes on a common centre); plus ``num_boxes``, ``fg_iou_thresh`` and ``assigner``;
   * ``plot``: the GT box shapes at input scale on log axes, with the default and tuned anchors over them.
 """
 
@@ -88,7 +90,7 @@ def run(params: Params, train_json: Path, out: Path, report: Path, plot: Path) -
     def metrics(anchors_wh: list[np.ndarray]) -> dict[str, Any]:
         return {
             **anc.anchor_metrics(boxes.wh, boxes.areas, np.concatenate(anchors_wh), dcfg.fg_iou_thresh),
-            **anc.grid_metrics(boxes, strides, anchors_wh, dcfg.fg_iou_thresh),
+            **anc.grid_metrics(boxes, strides, anchors_wh, dcfg.fg_iou_thresh, dcfg.assigner, dcfg.atss_topk),
         }
 
     metrics_default = metrics(default)
@@ -119,6 +121,7 @@ def run(params: Params, train_json: Path, out: Path, report: Path, plot: Path) -
         "tuned": metrics_tuned,
         "num_boxes": len(boxes),
         "fg_iou_thresh": dcfg.fg_iou_thresh,
+        "assigner": dcfg.assigner,
     }
     write_json(report, result)
     plot_anchors(boxes.wh, default, tuned, dcfg.levels, acfg.method, metrics_default, metrics_tuned, plot)

@@ -145,6 +145,21 @@ def test_match_on_grid_by_hand_with_the_low_quality_fallback() -> None:
     np.testing.assert_array_equal(matched, [1, 1, 9, 1])
 
 
+def test_match_on_grid_with_atss_by_hand() -> None:
+    # ATSS, 5 candidates (one level): the 5 grid centres nearest each box's centre.
+    # A (8, 8): IoUs [1, 0, 0, 0, 0], threshold 0.2 + 0.447: the anchor at (8, 8).
+    # B (10, 8): [0.6, 0.143, 0, 0, 0], threshold 0.149 + 0.260 = 0.408: (8, 8).
+    # C (24, 24): the centre and its 4 neighbours, all inside C at 64 / 576: std 0, so all 5 are positive,
+    #   where the IoU matcher makes none (C's 9 tied anchors come only from its fallback).
+    # D (61, 32): only (56, 32) overlaps (16 / 96, above 0.033 + 0.075) but its centre is outside D (x 56 < 58):
+    #   no candidate passes, and D keeps its best one.
+    boxes = _grid_boxes(HAND, [0, 1, 2, 3])
+    best, positives, matched = anc.match_on_grid(boxes, *STRIDE8, fg_iou_thresh=0.5, assigner="atss", atss_topk=5)
+    np.testing.assert_allclose(best, [1.0, 0.6, 64 / 576, 16 / 96], rtol=1e-6)
+    np.testing.assert_array_equal(positives, [1, 1, 5, 1])
+    np.testing.assert_array_equal(matched, positives)
+
+
 def test_match_on_grid_boxes_of_one_image_compete() -> None:
     # E, 5..13, reaches 0.778 (7x8 = 56 / 72) with the anchor at (8, 8), which A (IoU 1) takes: E has a grid
     # anchor above 0.5 (bpr) but no positive, and its fallback anchor goes to A too.
