@@ -56,6 +56,7 @@ BASELINE: dict[str, Any] = {
     "detector.input_upscale": "none",  # no SR front end, even when params.yaml turns one on
     "detector.sr_finetune": False,
     # torchvision RetinaNet's matcher and pyramid (P3 up; its P6/P7 serve objects far above 320 px scenes)
+    "detector.assigner": "iou",
     "detector.fg_iou_thresh": 0.5,
     "detector.bg_iou_thresh": 0.4,
     "detector.levels": [3, 4, 5],
@@ -69,9 +70,12 @@ DEFAULT_GRID: dict[str, dict[str, Any]] = {
     "gamma_0": {"detector.focal.gamma": 0.0},
     "gamma_1": {"detector.focal.gamma": 1.0},
     "gamma_5": {"detector.focal.gamma": 5.0},
-    "anchors_default": {"anchors.method": "default"},
-    "anchors_3_per_level": {"anchors.anchors_per_level": 3},
-    "matcher_05_04": {"detector.fg_iou_thresh": 0.5, "detector.bg_iou_thresh": 0.4},
+    # Anchors fitted to the data (k-means + evolution on the grid), 9 or 3 per level, against torchvision's.
+    "anchors_kmeans": {"anchors.method": "kmeans"},
+    "anchors_kmeans_3_per_level": {"anchors.method": "kmeans", "anchors.anchors_per_level": 3},
+    # Assignment: torchvision's IoU matcher at params' thresholds, and at torchvision's 0.5/0.4, against ATSS.
+    "assigner_iou": {"detector.assigner": "iou"},
+    "matcher_05_04": {"detector.assigner": "iou", "detector.fg_iou_thresh": 0.5, "detector.bg_iou_thresh": 0.4},
     "no_stride4_level": {"detector.levels": [3, 4, 5]},
     # The SR front end against its bicubic control, both ×2 (the network sees 640 px: 4× the compute). The front
     # end upscales sliced inference's tiles too, so the tiles are not resized again (160 px tiles seen at 320).

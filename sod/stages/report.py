@@ -52,6 +52,8 @@ SWEEPS: dict[str, tuple[str, set[str]]] = {
     "copy_paste": ("augment.copy_paste.times", {"augment.copy_paste.times"}),
     "focal_gamma": ("detector.focal.gamma", {"detector.focal.gamma"}),
     "anchors": ("anchors.method", {"anchors.method"}),
+    # ATSS against torchvision's IoU matcher (at params' thresholds; a variant may also change them).
+    "assigner": ("detector.assigner", {"detector.assigner", "detector.fg_iou_thresh", "detector.bg_iou_thresh"}),
     # The SR front end; a variant may also change the tile upscale of sliced inference (the front end
     # upscales tiles itself). A fine-tuned SR front end is its own point, "sr+finetune".
     "input_upscale": (
