@@ -240,7 +240,7 @@ def test_grid_gives_a_row_per_variant(pipeline_summary: dict, tiny_repo: Path, t
     base, pipe, gamma_0 = (df.iloc[i] for i in range(3))
     # Each row holds its own value of every param that differs between the variants.
     assert list(df["detector.focal.gamma"]) == [2.0, 2.0, 0.0]
-    assert base["anchors.method"] == "default" and pipe["anchors.method"] == gamma_0["anchors.method"] == "kmeans"
+    assert base["detector.assigner"] == "iou" and pipe["detector.assigner"] == gamma_0["detector.assigner"] == "atss"
     assert base["augment.copy_paste.times"] == 0 and pipe["augment.copy_paste.times"] == 1
     assert pd.isna(base["sliced_AP"]) and not pd.isna(pipe["sliced_AP"])  # the baseline is full-image only
     assert df["AP"].notna().all()

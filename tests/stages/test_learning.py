@@ -15,10 +15,10 @@ from sod.models.detector import build_detector
 from tests.stages.conftest import sod
 from tests.stages.test_train_detector import _train
 
-# ~100 steps of 4 images on the tiny pipeline's 6 training scenes (128 px); no augmentation that would
+# ~200 steps of 4 images on the tiny pipeline's 6 training scenes (128 px); no augmentation that would
 # make the scenes harder to memorise in so few steps.
 SHORT = (
-    "train.epochs=8", "train.samples_per_epoch=48", "train.lr=0.002", "train.warmup_iters=5",
+    "train.epochs=16", "train.samples_per_epoch=48", "train.lr=0.002", "train.warmup_iters=5",
     "augment.online.hflip_prob=0.0", "augment.online.photometric=0.0",
     "augment.online.scale_min=1.0", "augment.online.scale_max=1.0",
     "detector.score_thresh=0.0", "evaluate.sliced.enabled=false",
@@ -53,6 +53,7 @@ def test_a_short_training_beats_an_untrained_detector_on_the_scenes_it_saw(tiny_
     trained = _ap_on_training_scenes(root, paths["out"], "learner_eval")
     untrained = _ap_on_training_scenes(root, untrained_path, "untrained_eval")
     assert untrained["AP50"] < 0.05, untrained
-    # Measured on this project's CPU: AP50 0.19 against 0.00, AR_100 0.77 against 0.00.
-    assert trained["AP50"] > untrained["AP50"] + 0.1, (trained, untrained)
+    # Measured on this project's CPU with params.yaml's detector (ATSS): AP50 0.41 against 0.01, AR_100 0.64
+    # against 0.09.
+    assert trained["AP50"] > untrained["AP50"] + 0.2, (trained, untrained)
     assert trained["AR_100"] > untrained["AR_100"] + 0.4, (trained, untrained)
