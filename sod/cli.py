@@ -338,9 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Fit anchors to the training boxes at the detector's input scale (k-means with 1 − IoU, then "
             "evolution scored where the anchors really sit: each level's stride grid), assign them to FPN "
             "levels, and compare with torchvision's default anchors: bpr_grid (share of boxes with a grid "
-            "anchor at IoU ≥ fg_iou_thresh) and positives_per_gt (anchors torchvision's matcher makes "
-            "positive per box), per size bucket. Params: anchors.*, detector.min_size/max_size/levels/"
-            "fg_iou_thresh."
+            "anchor at IoU ≥ fg_iou_thresh) and positives_per_gt (anchors the detector's assignment makes "
+            "positive per box: torchvision's matcher or ATSS, detector.assigner), per size bucket. The fit runs "
+            "for either anchors.method; the method picks which set --out holds (kmeans: the fit, default: "
+            "torchvision's). Params: anchors.*, detector.min_size/max_size/levels/fg_iou_thresh/assigner."
         ),
     )
     _common(p)
@@ -373,9 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train-detector",
-        help="train the detector (RetinaNet/Faster R-CNN, focal loss, tuned anchors); resumes after a kill",
+        help="train the detector (RetinaNet/Faster R-CNN, focal loss, ATSS or IoU assignment); resumes after a kill",
         description=(
-            "Train the detector on the (augmented) train split with the anchors from `sod anchors`. AdamW or "
+            "Train the detector on the (augmented) train split with the anchors from `sod anchors`, each box "
+            "assigned its positive anchors by ATSS or torchvision's IoU matcher (detector.assigner). AdamW or "
             "SGD, warm-up then cosine, gradient clipping, AMP on CUDA. Checkpoints every epoch into "
             "--checkpoint-dir and resumes from the last finished epoch when rerun after a kill. "
             "Multi-GPU/multi-process: "
