@@ -230,25 +230,16 @@ def plot_anchors(
     fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
     ax.scatter(boxes_wh[:, 0], boxes_wh[:, 1], s=4, c="0.6", alpha=0.4, lw=0, label="GT boxes", rasterized=True)
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(levels)))
-    for lv, anchors_wh, colour in zip(levels, default, colours, strict=True):
-        ax.scatter(
-            anchors_wh[:, 0],
-            anchors_wh[:, 1],
-            marker="x",
-            s=40,
-            color=colour,
-            label=f"default P{lv} (stride {2**lv})" + (" (used)" if method == "default" else ""),
-        )
-    for lv, anchors_wh, colour in zip(levels, tuned, colours, strict=True):
-        ax.scatter(
-            anchors_wh[:, 0],
-            anchors_wh[:, 1],
-            marker="o",
-            s=60,
-            color=colour,
-            edgecolors="k",
-            label=f"tuned P{lv} (stride {2**lv})" + (" (used)" if method == "kmeans" else ""),
-        )
+    # Torchvision's anchors as crosses, the fitted ones as outlined dots; the set the detector uses is marked.
+    for name, sets, style in (
+        ("default", default, {"marker": "x", "s": 40}),
+        ("tuned", tuned, {"marker": "o", "s": 60, "edgecolors": "k"}),
+    ):
+        used = " (used)" if (method == "kmeans") == (name == "tuned") else ""
+        for lv, anchors_wh, colour in zip(levels, sets, colours, strict=True):
+            ax.scatter(
+                anchors_wh[:, 0], anchors_wh[:, 1], color=colour, label=f"{name} P{lv} (stride {2**lv}){used}", **style
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("width at input scale (px)")
