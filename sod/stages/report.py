@@ -181,7 +181,7 @@ def _plot_full_vs_sliced(table: pd.DataFrame, path: Path) -> None:
     metrics = [prefix + b for b in BUCKETS for prefix in ("", "sliced_")]
     grouped = table.assign(**{m: table[m].astype(float) for m in metrics}).groupby("variant", sort=False)[metrics]
     means, stds = grouped.mean(), grouped.std().fillna(0.0)
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(means)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(means)) + 1.5, 3.5))
     width = 0.13
     for i, bucket in enumerate(BUCKETS):
         for j, prefix in enumerate(("", "sliced_")):
@@ -192,7 +192,8 @@ def _plot_full_vs_sliced(table: pd.DataFrame, path: Path) -> None:
     ax.set_xticks(range(len(means)), means.index, rotation=30, ha="right")
     ax.set_ylabel("AP (IoU 0.50:0.95)")
     ax.set_title("Full-image vs sliced inference")
-    ax.legend(fontsize=7, ncol=3)
+    # Beside the axes: inside, it hides the bars of whichever variant sits under it.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, path)
 
 
