@@ -45,6 +45,7 @@ from sod import tracking
 from sod.config import Params, flatten, from_dict, to_dict
 from sod.errors import ConfigError, DataError
 from sod.io import owned_files, read_json, read_owner, remove_owned, write_json, write_owner_marker
+from sod.stages.report import within_noise
 
 RUNS_DIR = "reports/ablation"
 OWNER = "ablation"  # the name in RUNS_DIR's .sod-owner marker: this flow, not a DVC stage, writes those files
@@ -217,17 +218,6 @@ def reusable(path: Path, params: dict[str, Any], code: str) -> bool:
     except ValueError:
         return False
     return isinstance(old, dict) and old.get("code") == code and old.get("params") == flatten(params)
-
-
-def within_noise(value: float | None, reference: list[float], sigmas: float = 2.0) -> bool:
-    """Whether ``value`` lies within ``sigmas`` sample standard deviations of the mean of ``reference``.
-
-    With fewer than two reference values there is no spread to compare with: True (more seeds are needed).
-    An undefined ``value`` (None: no metric) is True too.
-    """
-    if value is None or len(reference) < 2:
-        return True
-    return abs(value - statistics.fmean(reference)) <= sigmas * statistics.stdev(reference)
 
 
 @task(task_run_name="variant-{name}-seed{seed}")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sod.errors import DataError
+from sod.stages.report import NOISE_SIGMAS, effect_verdict
 
 SECTIONS = ("results", "benchmarks", "large_images")
 _DASH = "—"
@@ -177,7 +178,9 @@ def ablation_table(records: list[dict[str, str]], columns: list[str]) -> list[st
 
     Returns:
         Table lines: variant, seeds (their values when a seed column varies, else the row count), what the
-        variant changes against ``pipeline``, then mean ± std of :data:`_ABLATION_METRICS`.
+        variant changes against ``pipeline``, mean ± std of :data:`_ABLATION_METRICS`, then (when there is a
+        ``pipeline`` row and an ``AP_small`` column) each other variant's AP_small against ``pipeline``'s seeds
+        in words (:func:`sod.stages.report.effect_verdict`).
     """
     metrics = [m for m in _ABLATION_METRICS if m in columns]
     params = [c for c in columns if c != "variant" and c not in metrics and not c.startswith(("AP", "sliced_"))]
@@ -197,7 +200,17 @@ def ablation_table(records: list[dict[str, str]], columns: list[str]) -> list[st
         changed = "`params.yaml`" if name == "pipeline" else (", ".join(changes) or _DASH)
         cells = [mean_std([_float(r.get(m)) for r in runs]) for m in metrics]
         rows.append([f"`{name}`", seed_cell, changed, *cells])
-    return _table(["variant", "seeds", "changes against `pipeline`", *metrics], rows)
+    header = ["variant", "seeds", "changes against `pipeline`", *metrics]
+    if "pipeline" in groups and "AP_small" in metrics:
+        header.append(f"AP_small against `pipeline` ({NOISE_SIGMAS:g} std rule)")
+        ref = _defined(groups["pipeline"], "AP_small")
+        for row, (name, runs) in zip(rows, groups.items(), strict=True):
+            row.append(_DASH if name == "pipeline" else effect_verdict(_defined(runs, "AP_small"), ref))
+    return _table(header, rows)
+
+
+def _defined(runs: list[dict[str, str]], metric: str) -> list[float]:
+    return [v for v in (_float(r.get(metric)) for r in runs) if v is not None]
 
 
 def _num_key(s: str) -> tuple[int, float | str]:

@@ -27,6 +27,7 @@ Outputs:
 from __future__ import annotations
 
 import logging
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,50 @@ def sweep_points(runs: list[dict[str, Any]], sweep: str) -> pd.DataFrame:
     order = _X_ORDER.get(sweep)
     key = (lambda col: col.map(lambda v: order.index(v) if v in order else len(order))) if order else None
     return points.sort_values("x", kind="stable", key=key)
+
+
+NOISE_SIGMAS = 2.0
+"""How many sample standard deviations of ``pipeline``'s seeds an effect must exceed to be called one."""
+
+
+def within_noise(value: float | None, reference: list[float], sigmas: float = NOISE_SIGMAS) -> bool:
+    """Whether ``value`` lies within ``sigmas`` sample standard deviations of the mean of ``reference``.
+
+    With fewer than two reference values there is no spread to compare with: True (more seeds are needed).
+    An undefined ``value`` (None: no metric) is True too. ``flows/ablation.py`` reruns such levers with every
+    seed; :func:`effect_verdict` words the README's verdict with the same rule.
+    """
+    if value is None or len(reference) < 2:
+        return True
+    return abs(value - statistics.fmean(reference)) <= sigmas * statistics.stdev(reference)
+
+
+def effect_verdict(values: list[float], reference: list[float], sigmas: float = NOISE_SIGMAS) -> str:
+    """One variant's effect on a metric against ``pipeline``'s seeds, in words, for the README's table.
+
+    ``Δ`` is the difference of the means. The effect is measurable when ``Δ`` lies beyond ``sigmas`` sample
+    standard deviations of ``reference`` (:func:`within_noise`) and, when the variant has several seeds, its
+    seed range does not overlap the reference's; within the noise it is "no measurable effect" once the
+    variant has as many seeds as the reference, else more seeds are needed (the ablation flow runs them).
+
+    Example: reference 0.10, 0.12, 0.14 (mean 0.12, std 0.02): 0.05 on one seed → "-0.070, beyond 2 std
+    (1 seed)"; 0.11, 0.12, 0.13 → "no measurable effect (+0.000)".
+    """
+    if not values or not reference:
+        return "—"
+    delta = statistics.fmean(values) - statistics.fmean(reference)
+    seeds = f"{len(values)} seed{'s' if len(values) > 1 else ''}"
+    if len(reference) < 2:
+        return f"{delta:+.3f} (`pipeline` has one seed: no spread)"
+    if not within_noise(statistics.fmean(values), reference, sigmas):
+        if len(values) == 1:
+            return f"{delta:+.3f}, beyond {sigmas:g} std ({seeds})"
+        if max(values) < min(reference) or min(values) > max(reference):
+            return f"{delta:+.3f}, beyond {sigmas:g} std, seed ranges apart"
+        return f"{delta:+.3f}, beyond {sigmas:g} std but seed ranges overlap"
+    if len(values) < len(reference):
+        return f"{delta:+.3f}, within {sigmas:g} std on {seeds}: more seeds needed"
+    return f"no measurable effect ({delta:+.3f})"
 
 
 def _plot_sweep(points: pd.DataFrame, sweep: str, path: Path) -> None:

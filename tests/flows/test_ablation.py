@@ -20,7 +20,6 @@ from flows.ablation import (
     thread_budget,
     thread_env,
     variant_params,
-    within_noise,
 )
 from sod.errors import ConfigError, DataError
 from sod.io import OWNER_MARKER, read_json, read_owner, write_json, write_owner_marker
@@ -77,15 +76,6 @@ def test_clear_results_keeps_what_resume_reuses(tmp_path: Path) -> None:
     clear_results(runs, ["pipeline.seed0.json", "pipeline.seed1.json"], keep={"pipeline.seed0.json"})
     assert sorted(p.name for p in runs.glob("*.json")) == ["pipeline.seed0.json"]  # old.json is not this grid's
     assert _marker(runs)["files"] == ["pipeline.seed0.json", "pipeline.seed1.json"]
-
-
-def test_within_noise_compares_with_two_sample_stds() -> None:
-    # pipeline seeds 0.10, 0.12, 0.14: mean 0.12, sample std 0.02, so 2 std = 0.04.
-    pipeline = [0.10, 0.12, 0.14]
-    assert within_noise(0.155, pipeline) and within_noise(0.085, pipeline)
-    assert not within_noise(0.165, pipeline) and not within_noise(0.075, pipeline)
-    assert within_noise(0.5, [0.1])  # one seed: no spread to compare with, so more seeds are needed
-    assert within_noise(None, pipeline)
 
 
 def test_reusable_needs_the_flows_file_with_the_same_params_and_code(tmp_path: Path) -> None:

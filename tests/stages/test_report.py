@@ -13,6 +13,7 @@ from sod.config import Params
 from sod.errors import DataError
 from sod.io import OWNER_MARKER, read_json, write_json, write_owner_marker
 from sod.stages import report
+from sod.stages.report import effect_verdict, within_noise
 
 PIPELINE = {"augment.oversample": "ratio", "augment.oversample_ratio": 2.0, "detector.focal.gamma": 2.0, "x": 1}
 
@@ -134,3 +135,26 @@ def test_seeds_are_rows_of_one_variant_and_one_point_of_a_sweep(tmp_path: Path) 
     assert list(points["x"]) == [0.0, 2.0]
     out = report.run(Params(), tmp_path, tmp_path / "t.csv", tmp_path / "plots")
     assert out == {"variants": 2, "rows": 5, "figures": ["ap_vs_focal_gamma.png", "full_vs_sliced.png"]}
+
+
+def test_within_noise_compares_with_two_sample_stds() -> None:
+    # pipeline seeds 0.10, 0.12, 0.14: mean 0.12, sample std 0.02, so 2 std = 0.04.
+    pipeline = [0.10, 0.12, 0.14]
+    assert within_noise(0.155, pipeline) and within_noise(0.085, pipeline)
+    assert not within_noise(0.165, pipeline) and not within_noise(0.075, pipeline)
+    assert within_noise(0.5, [0.1])  # one seed: no spread to compare with, so more seeds are needed
+    assert within_noise(None, pipeline)
+
+
+def test_effect_verdict_words_the_two_std_rule() -> None:
+    # pipeline seeds 0.10, 0.12, 0.14: mean 0.12, sample std 0.02, so an effect must exceed 0.04.
+    pipeline = [0.10, 0.12, 0.14]
+    assert effect_verdict([0.05], pipeline) == "-0.070, beyond 2 std (1 seed)"
+    assert effect_verdict([0.13], pipeline) == "+0.010, within 2 std on 1 seed: more seeds needed"
+    assert effect_verdict([0.11, 0.12, 0.13], pipeline) == "no measurable effect (+0.000)"
+    # 0.20-0.22 against 0.10-0.14: mean +0.09 and no seed of one inside the other's range.
+    assert effect_verdict([0.20, 0.21, 0.22], pipeline) == "+0.090, beyond 2 std, seed ranges apart"
+    # mean 0.07 (-0.05, beyond 0.04) but the 0.13 seed lies inside the pipeline's range.
+    assert effect_verdict([0.03, 0.05, 0.13], pipeline) == "-0.050, beyond 2 std but seed ranges overlap"
+    assert effect_verdict([0.2], [0.1]) == "+0.100 (`pipeline` has one seed: no spread)"
+    assert effect_verdict([], pipeline) == "—"
