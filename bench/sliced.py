@@ -5,9 +5,12 @@ add the full-image prediction, and merge the same way (``evaluate.sliced.merge``
 class-aware). Each input is resized by the factor sod's Predictor gives it, SAHI's included (its torchvision
 wrapper's ``image_size`` is set per input to that factor times the input's long side), so both see every tile
 and full image at the same pixel scale. The table gives images/s, the ratio sod / SAHI (target ≥ 3×), and
-AP / AP_small of both from the same pycocotools evaluator (they should agree within 0.01). sod runs with
-``select: all`` (every tile, SAHI's work) and ``select: small`` (only the tiles around small full-image
-candidates); the forward passes are the whole cost on a CPU, so a gain there can only come from ``small``.
+AP / AP_small of both from the same pycocotools evaluator (sod's must not be more than 0.01 below SAHI's:
+skipping tiles may not cost accuracy; being above is no failure — sod antialiases the inputs it shrinks,
+torchvision's transform behind SAHI's wrapper does not, which shows once the full image is shrunk 2× or
+more). sod runs with ``select: all`` (every tile, SAHI's work) and ``select: small`` (only the tiles
+around small full-image candidates); the forward passes are the whole cost on a CPU, so a gain there can
+only come from ``small``.
 
 Two cases (``--case``, default both):
 
@@ -19,7 +22,13 @@ Two cases (``--case``, default both):
   so the tiles run at the scale the detector trained on: the side of its (unsliced) training scenes is passed
   as ``train_tile``, and a 160 px tile runs at 160 px (SAHI's wrapper too). 1,280 px: 121 tiles an image.
   Its summary goes to the ``large_scene`` entry of the result file (``ratio`` = sod ``select: small`` / SAHI
-  images/s, the AP cost of skipping tiles = ``select: all`` − ``select: small``).
+  images/s, the AP cost of skipping tiles = ``select: all`` − ``select: small``). The full-image pass of every
+  method (SAHI's standard prediction; sod's, which ``select: small`` uses as its probe) runs at
+  ``--large-full-scale`` times the detector's input factor (``evaluate.scales: [1.75]`` in params terms):
+  at the 4× shrink of the detector's own input size the probe loses the small objects it should find tiles
+  for. ``select: small`` keeps tiles around candidates scoring ≥ ``--large-select-score``
+  (``evaluate.sliced.select_score``). The defaults, 1.75 and 0.2, were picked on scenes of
+  ``--large-seed 2``, not on the bench's own seed-1 scenes.
 
 Needs the `bench` extra (``pip install -e '.[bench]'``) and a trained ``models/detector.pt``. ``--device``
 picks CPU or CUDA (default: CUDA when available); both methods run on the same device. Writes
@@ -55,7 +64,7 @@ from sod.io import load_rgb, read_json  # noqa: E402
 from sod.models.detector import load_detector  # noqa: E402
 
 SPEED_TARGET = 3.0  # sod images/s ≥ 3× SAHI's
-AP_TOLERANCE = 0.01  # |AP_small sod − AP_small SAHI| ≤ this
+AP_TOLERANCE = 0.01  # AP_small sod ≥ AP_small SAHI − this
 
 
 @dataclass
@@ -115,6 +124,8 @@ def sahi_predict(
 
     # The factors sod gives each input, read from a Predictor before SAHI changes the model's resize sizes.
     engine = _predictor(model, cfg, "all", case.train_tile).engine
+    if len(engine.scales) != 1:
+        sys.exit(f"bench/sliced.py: SAHI runs one full-image pass; evaluate.scales has {list(engine.scales)}")
 
     class ScaledTorchVision(TorchVisionDetectionModel):
         """SAHI's torchvision wrapper, its ``image_size`` set per input so the input is resized by sod's
@@ -127,7 +138,7 @@ def sahi_predict(
             h, w = image.shape[:2]
             H, W = self.full_hw
             full = (h, w) == (H, W)
-            factor = engine.image_scale(H, W) if full else engine.tile_scale(H, W)
+            factor = engine.image_scale(H, W) * engine.scales[0] if full else engine.tile_scale(H, W)
             # SAHI resizes the long side to image_size (torchvision's transform, bilinear).
             self.image_size = max(h, w) * factor
             self.tiles_run += not full
@@ -273,7 +284,7 @@ def _ips(run: Run, images: int) -> float:
 
 
 def _ap_small_ok(a: float | None, b: float | None) -> bool | None:
-    return None if a is None or b is None else abs(a - b) <= AP_TOLERANCE
+    return None if a is None or b is None else a >= b - AP_TOLERANCE
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -294,7 +305,7 @@ def large_scene_summary(runs: Sequence[Run], images: int, image_size: int, tile_
         ``sod_all_images_per_s``, ``sahi_images_per_s``, ``sod_AP``/``sod_AP_small`` (small),
         ``sod_all_AP``/``sod_all_AP_small``, ``sahi_AP``/``sahi_AP_small``, ``tiles_per_image`` (per method:
         ``sahi``, ``all``, ``small``), ``skip_cost`` (``AP``/``AP_small`` of all − small),
-        ``met`` (ratio ≥ 3× and AP_small within 0.01 of SAHI's), ``images``, ``image_size``, ``tile_scale``.
+        ``met`` (ratio ≥ 3× and AP_small at most 0.01 below SAHI's), ``images``, ``image_size``, ``tile_scale``.
     """
     by = {r.name: r for r in runs}
     sahi, every, small = by["sahi"], by["all"], by["small"]
@@ -339,7 +350,7 @@ def case_rows(runs: Sequence[Run], images: int, prefix: str = "") -> list[dict[s
     for r in runs[1:]:
         a, b = r.metrics["AP_small"], sahi.metrics["AP_small"]
         rows.append(row(f"{prefix}AP_small, select={r.name}", "AP_small", a, b,
-                        target=f"within {AP_TOLERANCE:g}", met=_ap_small_ok(a, b), ratio=None))  # fmt: skip
+                        target=f"≥ peer − {AP_TOLERANCE:g}", met=_ap_small_ok(a, b), ratio=None))  # fmt: skip
     for r in runs[1:]:
         rows.append(row(f"{prefix}tiles per image, select={r.name}", "tiles", r.tiles / images, sahi.tiles / images))
     return rows
@@ -369,6 +380,11 @@ def main() -> None:
     ap.add_argument("--large-size", type=int, default=1280, help="large case: scene side, px (default: %(default)s)")
     ap.add_argument("--large-seed", type=int, default=1,
                     help="large case: data.embedded.seed (default: %(default)s; not the training seed)")  # fmt: skip
+    ap.add_argument("--large-full-scale", type=float, default=1.75,
+                    help="large case: full-image pass (SAHI's and sod's, select=small's probe) at this times the "
+                         "detector's input factor, i.e. evaluate.scales (default: %(default)s)")  # fmt: skip
+    ap.add_argument("--large-select-score", type=float, default=0.2,
+                    help="large case, select=small: evaluate.sliced.select_score (default: %(default)s)")  # fmt: skip
     ap.add_argument("--select", choices=["all", "small"], action="append", default=None,
                     help="sod tile selection modes to time (default: all and small; large needs both)")  # fmt: skip
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -381,6 +397,8 @@ def main() -> None:
         ap.error("--case large reports the cost of select=small against select=all: run both selects")
     if args.large_images < 2:
         ap.error("--large-images must be ≥ 2 (data.embedded.images)")
+    if args.large_full_scale <= 0 or not 0 <= args.large_select_score <= 1:
+        ap.error("--large-full-scale must be > 0 and --large-select-score in [0, 1]")
     if not args.model.is_file():
         sys.exit(f"{args.model} not found: bench/sliced.py needs the trained detector (`dvc repro train_detector`)")
 
@@ -405,7 +423,8 @@ def main() -> None:
 
     if "large" in cases:
         # Tiles at their original pixels: upscale null, the scale coming from train_tile (see the docstring).
-        large_cfg = replace(cfg, sliced=replace(sl, upscale=None))
+        large_sl = replace(sl, upscale=None, select_score=args.large_select_score)
+        large_cfg = replace(cfg, sliced=large_sl, scales=[args.large_full_scale])
         with tempfile.TemporaryDirectory(prefix="sod-bench-large-") as tmp:
             case = large_case(args.params, [], Path(tmp), args.large_images, args.large_size, args.large_seed)
             runs = run_case(model, meta, case, large_cfg, ["all", "small"], device)
@@ -413,8 +432,10 @@ def main() -> None:
         size = args.large_size
         tile_scale = _predictor(model, large_cfg, "all", case.train_tile).engine.tile_scale(size, size)
         summary = large_scene_summary(runs, n, size, tile_scale)
+        summary |= {"full_scale": args.large_full_scale, "select_score": large_sl.select_score}
+        probe = f"full pass at {args.large_full_scale:g}x, select=small score ≥ {large_sl.select_score:g}"
         _print_case(case, runs, f"{n} embedded scenes of {size} px (clusters, seed {args.large_seed}), tile "
-                                f"{sl.tile} px at scale {tile_scale:g}, device {device}{threads}")  # fmt: skip
+                                f"{sl.tile} px at scale {tile_scale:g}, {probe}, device {device}{threads}")  # fmt: skip
         cost = summary["skip_cost"]
         print(f"ratio sod(small)/SAHI {summary['ratio']:.2f}×; AP cost of skipping tiles (all − small): "
               f"AP {cost['AP'] or 0:+.4f}, AP_small {cost['AP_small'] or 0:+.4f}")  # fmt: skip
@@ -429,7 +450,7 @@ def main() -> None:
         results,
         sod=f"sod Predictor, batched tiles (tile {sl.tile} px, batch {sl.batch_size}; select all and small)",
         peer=f"SAHI get_sliced_prediction, same detector, tiles, input scales and merge ({sl.merge} on {sl.match})",
-        target=f"ratio ≥ {SPEED_TARGET:g}×, AP_small within {AP_TOLERANCE:g}",
+        target=f"ratio ≥ {SPEED_TARGET:g}×, AP_small ≥ SAHI's − {AP_TOLERANCE:g}",
         machine=machine_info(str(device)),
         results_dir=args.results_dir,
         details=details,
