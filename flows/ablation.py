@@ -75,7 +75,7 @@ DEFAULT_GRID: dict[str, dict[str, Any]] = {
     "anchors_kmeans": {"anchors.method": "kmeans"},
     "anchors_kmeans_3_per_level": {"anchors.method": "kmeans", "anchors.anchors_per_level": 3},
     # Assignment: torchvision's IoU matcher at params' thresholds, and at torchvision's 0.5/0.4, against ATSS.
-    "assigner_iou": {"detector.assigner": "iou"},
+    "assigner_atss": {"detector.assigner": "atss"},
     "matcher_05_04": {"detector.assigner": "iou", "detector.fg_iou_thresh": 0.5, "detector.bg_iou_thresh": 0.4},
     "no_stride4_level": {"detector.levels": [3, 4, 5]},
     # The SR front end against its bicubic control, both ×2 (the network sees 640 px: 4× the compute). The front
