@@ -53,7 +53,7 @@ def test_a_short_training_beats_an_untrained_detector_on_the_scenes_it_saw(tiny_
     trained = _ap_on_training_scenes(root, paths["out"], "learner_eval")
     untrained = _ap_on_training_scenes(root, untrained_path, "untrained_eval")
     assert untrained["AP50"] < 0.05, untrained
-    # Measured on this project's CPU with params.yaml's detector (ATSS): AP50 0.41 against 0.01, AR_100 0.64
-    # against 0.09.
+    # Measured on this project's CPU with params.yaml's detector (IoU matcher 0.4/0.3): AP50 0.30 against 0.01,
+    # AR_100 0.40 against 0.09 (ATSS gave 0.41 and 0.64). A broken training stays at the untrained numbers.
     assert trained["AP50"] > untrained["AP50"] + 0.2, (trained, untrained)
-    assert trained["AR_100"] > untrained["AR_100"] + 0.4, (trained, untrained)
+    assert trained["AR_100"] > untrained["AR_100"] + 0.2, (trained, untrained)
