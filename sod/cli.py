@@ -416,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
             "inference (top level of --report) and for sliced inference merged with it (under 'sliced'). Writes "
             "per-class AP, COCO-format detections that plain pycocotools can re-score, PR curves per size bucket, "
             "recall versus object size, the TIDE error breakdown per size bucket (AP50 lost to "
-            "Cls/Loc/Both/Dupe/Bkg/Miss errors) and a preview grid (missed small objects highlighted). "
+            "Cls/Loc/Both/Dupe/Bkg/Miss errors) and a preview grid (predictions coloured by right class, wrong "
+            "class or no object; missed small objects highlighted). "
             "Params: evaluate.*."
         ),
     )

@@ -28,8 +28,11 @@ from sod.io import save_figure, save_png
 
 BUCKET_COLORS = {"all": "black", "small": "tab:red", "medium": "tab:orange", "large": "tab:blue"}
 GT_COLOR = "lime"
-PRED_COLOR = "deepskyblue"
-MISSED_COLOR = "magenta"  # missed small GT: stands out from both
+PRED_COLOR = "deepskyblue"  # a prediction on an object of its class
+WRONG_CLASS_COLOR = "orange"  # on an object (IoU ≥ iou_thresh), but of another class
+NO_OBJECT_COLOR = "red"  # on no object: background, or too far off any box
+MISSED_COLOR = "magenta"  # missed small GT: stands out from all of them
+PRED_KIND_COLORS = (PRED_COLOR, WRONG_CLASS_COLOR, NO_OBJECT_COLOR)  # indexed by prediction_kinds()
 
 
 def _save(fig: Figure, path: str | Path) -> None:
@@ -156,11 +159,38 @@ def missed_small(item: PreviewItem, score_thresh: float = 0.3, iou_thresh: float
     return small & ~found
 
 
+def prediction_kinds(item: PreviewItem, score_thresh: float = 0.3, iou_thresh: float = 0.5) -> np.ndarray:
+    """What each prediction scoring ≥ ``score_thresh`` lies on, for the preview's colours.
+
+    0: a GT box of its class at IoU ≥ ``iou_thresh`` (without labels: any GT box); 1: a GT box only of another
+    class; 2: no GT box at that IoU (a background detection, or one too far off to count). Duplicates of a found
+    object are 0 too: the picture shows what a box lies on, pycocotools' one-to-one matching is in the TIDE plot.
+
+    Returns:
+        ``(K,) int64`` for the K predictions with score ≥ ``score_thresh``, in their order.
+    """
+    gt = np.asarray(item.gt_boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    keep = np.asarray(item.pred_scores).reshape(-1) >= score_thresh
+    pred = np.asarray(item.pred_boxes_xyxy, dtype=np.float64).reshape(-1, 4)[keep]
+    if not len(pred):
+        return np.zeros(0, dtype=np.int64)
+    if not len(gt):
+        return np.full(len(pred), 2, dtype=np.int64)
+    on_object = box_iou(torch.from_numpy(pred), torch.from_numpy(gt)).numpy() >= iou_thresh  # (K, G)
+    if item.gt_labels is not None and item.pred_labels is not None:
+        same = np.asarray(item.pred_labels).reshape(-1)[keep][:, None] == np.asarray(item.gt_labels)[None, :]
+        right = (on_object & same).any(axis=1)
+    else:
+        right = on_object.any(axis=1)
+    return np.where(right, 0, np.where(on_object.any(axis=1), 1, 2)).astype(np.int64)
+
+
 def plot_detection_grid(
     items: Sequence[PreviewItem], path: str | Path, score_thresh: float = 0.3, iou_thresh: float = 0.5, cols: int = 4
 ) -> None:
-    """A grid of images with GT (green), predictions scoring ≥ ``score_thresh`` (blue) and missed small
-    GT (magenta, thick) drawn on them.
+    """A grid of images with GT (green), predictions scoring ≥ ``score_thresh`` (dashed: blue on an object of
+    their class, orange on one of another class, red on none; :func:`prediction_kinds`) and missed small GT
+    (magenta, thick) drawn on them; each title counts the right-class predictions.
 
     Args:
         items: the images and their boxes.
@@ -186,15 +216,19 @@ def plot_detection_grid(
             color, width = (MISSED_COLOR, 2.0) if is_missed else (GT_COLOR, 1.0)
             ax.add_patch(Rectangle(box[:2], *(box[2:] - box[:2]), fill=False, edgecolor=color, linewidth=width))
         pred = np.asarray(item.pred_boxes_xyxy, dtype=float).reshape(-1, 4)
-        for box in pred[np.asarray(item.pred_scores).reshape(-1) >= score_thresh]:
+        kinds = prediction_kinds(item, score_thresh, iou_thresh)
+        for box, kind in zip(pred[np.asarray(item.pred_scores).reshape(-1) >= score_thresh], kinds, strict=True):
+            color = PRED_KIND_COLORS[kind]
             ax.add_patch(
-                Rectangle(
-                    box[:2], *(box[2:] - box[:2]), fill=False, edgecolor=PRED_COLOR, linewidth=0.8, linestyle="--"
-                )
+                Rectangle(box[:2], *(box[2:] - box[:2]), fill=False, edgecolor=color, linewidth=0.8, linestyle="--")
             )
-        ax.set_title(f"{item.title}  missed small: {int(missed.sum())}".strip(), fontsize=8)
+        right = int((kinds == 0).sum())
+        title = f"{item.title}  right class {right}/{len(kinds)}  missed small: {int(missed.sum())}"
+        ax.set_title(title.strip(), fontsize=8)
     fig.suptitle(
-        f"green: GT   blue dashed: prediction (score ≥ {score_thresh:g})   magenta: missed small GT", fontsize=9
+        f"green: GT   dashed, score ≥ {score_thresh:g}: blue on an object of its class, orange of another class, "
+        "red on none   magenta: missed small GT",
+        fontsize=9,
     )
     fig.tight_layout()
     _save(fig, path)

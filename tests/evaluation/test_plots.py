@@ -22,13 +22,17 @@ from PIL import Image
 from sod.evaluation.coco_eval import CocoEvaluator
 from sod.evaluation.plots import (
     BUCKET_COLORS,
+    NO_OBJECT_COLOR,
+    PRED_COLOR,
     RECALL_SERIES,
+    WRONG_CLASS_COLOR,
     PreviewItem,
     missed_small,
     plot_detection_grid,
     plot_pr_curves,
     plot_recall_vs_size,
     plot_sr_preview,
+    prediction_kinds,
 )
 from sod.io import read_json, write_json
 from sod.stages.evaluate import recall_vs_size_table
@@ -79,6 +83,38 @@ def test_missed_small() -> None:
     assert missed_small(item, score_thresh=0.3).tolist() == [False, False, False, False]
     # No prediction above the threshold: every small GT is missed.
     assert missed_small(_item(), score_thresh=0.95).tolist() == [True, True, True, False]
+
+
+def test_prediction_kinds() -> None:
+    item = _item()
+    # Kept at 0.3: the exact right-class box (0) and the box on GT 2 with class 2 where GT 2 is class 1 (1).
+    assert prediction_kinds(item, score_thresh=0.3).tolist() == [0, 1]
+    # A box on nothing: [70, 40, 90, 60] overlaps no GT box; a box half on GT 0 ([9, 4, 19, 14]: IoU 50/150).
+    item.pred_boxes_xyxy = np.concatenate([item.pred_boxes_xyxy, [[70, 40, 90, 60], [9, 4, 19, 14]]])
+    item.pred_scores = np.concatenate([item.pred_scores, [0.5, 0.5]])
+    item.pred_labels = np.concatenate([item.pred_labels, [1, 1]])
+    assert prediction_kinds(item, score_thresh=0.3).tolist() == [0, 1, 2, 2]
+    assert prediction_kinds(item, score_thresh=0.3, iou_thresh=0.3).tolist() == [0, 1, 2, 0]
+    # Without labels, a box on any object is on an object of its class.
+    item.gt_labels = item.pred_labels = None
+    assert prediction_kinds(item, score_thresh=0.3).tolist() == [0, 0, 2, 2]
+    assert prediction_kinds(item, score_thresh=0.95).tolist() == []
+    item.gt_boxes_xyxy = np.zeros((0, 4))
+    assert prediction_kinds(item, score_thresh=0.3).tolist() == [2, 2, 2, 2]
+
+
+def test_detection_grid_colours_predictions_by_what_they_lie_on(tmp_path: Path) -> None:
+    item = _item()
+    plot_detection_grid([item], tmp_path / "wrong.png")
+    assert _pixels(tmp_path / "wrong.png", WRONG_CLASS_COLOR, tol=30) > 0
+    assert _pixels(tmp_path / "wrong.png", NO_OBJECT_COLOR, tol=30) == 0
+    item.pred_labels = np.array([1, 1, 1])  # the third box now has GT 2's class
+    plot_detection_grid([item], tmp_path / "right.png")
+    assert _pixels(tmp_path / "right.png", WRONG_CLASS_COLOR, tol=30) == 0
+    assert _pixels(tmp_path / "right.png", PRED_COLOR, tol=30) > 0
+    item.pred_boxes_xyxy = np.array([[4, 4, 14, 14], [30, 30, 40, 40], [70, 40, 90, 60]], dtype=float)
+    plot_detection_grid([item], tmp_path / "none.png")
+    assert _pixels(tmp_path / "none.png", NO_OBJECT_COLOR, tol=30) > 0
 
 
 def test_detection_grid_writes_a_deterministic_png(tmp_path: Path) -> None:
