@@ -184,7 +184,13 @@ def make_workspace(root: Path, dest: Path) -> Path:
 
     def ignore(directory: str, names: list[str]) -> set[str]:
         rel = Path(directory).relative_to(root)
-        return {n for n in names if (rel / n).as_posix().removeprefix("./") in skip or n == "__pycache__"}
+        # mlflow.db's SQLite journal (-journal, -wal, -shm) comes and goes while the flow's own MLflow run
+        # writes: copying it raced ("No such file or directory") and failed a variant.
+        return {
+            n
+            for n in names
+            if (rel / n).as_posix().removeprefix("./") in skip or n == "__pycache__" or n.startswith("mlflow.db-")
+        }
 
     shutil.copytree(root, dest, ignore=ignore, symlinks=True)
     env = command_env(root)

@@ -36,11 +36,17 @@ def test_variant_params_applies_and_validates_overrides(tiny_repo: Path) -> None
 
 
 def test_workspace_shares_the_cache_and_leaves_outputs_behind(tiny_repo: Path, tmp_path: Path) -> None:
-    ws = make_workspace(tiny_repo, tmp_path / "ws")
+    # MLflow's SQLite store and its journal (which comes and goes while the flow's own MLflow run writes) stay
+    # out. On a copy: the session's tiny repo holds a live mlflow.db that a stray journal would corrupt.
+    repo = Path(shutil.copytree(tiny_repo, tmp_path / "repo", ignore=shutil.ignore_patterns("cache", "mlflow.db*")))
+    for name in ("mlflow.db", "mlflow.db-journal", "mlflow.db-wal"):
+        (repo / name).write_bytes(b"sqlite")
+    ws = make_workspace(repo, tmp_path / "ws")
     assert (ws / "dvc.yaml").is_file() and (ws / "sod").is_dir()
     assert not (ws / "data" / "prepared").exists() and not (ws / "reports" / "ablation").exists()
+    assert not list(ws.glob("mlflow.db*"))
     config = (ws / ".dvc" / "config.local").read_text()
-    assert str(tiny_repo / ".dvc" / "cache") in config and "no_scm = true" in config
+    assert str(repo / ".dvc" / "cache") in config and "no_scm = true" in config
 
 
 def test_thread_budget_shares_the_cores() -> None:
