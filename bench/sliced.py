@@ -24,10 +24,12 @@ Two cases (``--case``, default both):
   Its summary goes to the ``large_scene`` entry of the result file (``ratio`` = sod ``select: small`` / SAHI
   images/s, the AP cost of skipping tiles = ``select: all`` − ``select: small``). The full-image pass of every
   method (SAHI's standard prediction; sod's, which ``select: small`` uses as its probe) runs at
-  ``--large-full-scale`` times the detector's input factor (``evaluate.scales: [1.75]`` in params terms):
+  ``--large-full-scale`` times the detector's input factor (``evaluate.scales: [1.5]`` in params terms):
   at the 4× shrink of the detector's own input size the probe loses the small objects it should find tiles
-  for. ``select: small`` keeps tiles around candidates scoring ≥ ``--large-select-score``
-  (``evaluate.sliced.select_score``). The defaults, 1.75 and 0.2, were picked on scenes of
+  for. ``select: small`` keeps the tiles around candidates scoring ≥ ``--large-select-score``
+  (``evaluate.sliced.select_score``): small boxes of the probe, and the cells of its finest (stride-4) level
+  whose max class probability reaches it (the RetinaNet head's map, read from the same forward pass), which
+  see objects too small for the probe to box. The defaults, 1.5 and 0.15, were picked on scenes of
   ``--large-seed 2``, not on the bench's own seed-1 scenes.
 
 Needs the `bench` extra (``pip install -e '.[bench]'``) and a trained ``models/detector.pt``. ``--device``
@@ -203,7 +205,9 @@ def sod_predict(
     ``include_full``)."""
     predictor = _predictor(model, cfg, select, case.train_tile)
     counter = [0]
+    # The probe round of select=small goes through probe_fn (the same forward, also reading the head's map).
     predictor.engine.predict_fn = _counted(predictor.engine.predict_fn, counter)
+    predictor.engine.probe_fn = _counted(predictor.engine.probe_fn, counter)
     outputs = []
     _sync(device)
     t0 = time.perf_counter()
@@ -380,10 +384,10 @@ def main() -> None:
     ap.add_argument("--large-size", type=int, default=1280, help="large case: scene side, px (default: %(default)s)")
     ap.add_argument("--large-seed", type=int, default=1,
                     help="large case: data.embedded.seed (default: %(default)s; not the training seed)")  # fmt: skip
-    ap.add_argument("--large-full-scale", type=float, default=1.75,
+    ap.add_argument("--large-full-scale", type=float, default=1.5,
                     help="large case: full-image pass (SAHI's and sod's, select=small's probe) at this times the "
                          "detector's input factor, i.e. evaluate.scales (default: %(default)s)")  # fmt: skip
-    ap.add_argument("--large-select-score", type=float, default=0.2,
+    ap.add_argument("--large-select-score", type=float, default=0.15,
                     help="large case, select=small: evaluate.sliced.select_score (default: %(default)s)")  # fmt: skip
     ap.add_argument("--select", choices=["all", "small"], action="append", default=None,
                     help="sod tile selection modes to time (default: all and small; large needs both)")  # fmt: skip

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from sod.config import EvaluateConfig, Params
-from sod.evaluation.sliced import MatchMetric, MergeMethod, Prediction, SlicedPredictor
+from sod.evaluation.sliced import OBJECTNESS, OBJECTNESS_BOXES, MatchMetric, MergeMethod, Prediction, SlicedPredictor
 from sod.models.sr import bicubic_resize
 from sod.models.upscale import UpscaledDetector, bicubic_input
 
@@ -146,6 +146,7 @@ class Predictor:
             # An SR front end was trained on antialiased-bicubic low-resolution images: give it the same.
             resize=_bicubic if isinstance(model, UpscaledDetector) else None,
             train_tile=train_tile,
+            probe_fn=self._probe,
         )
 
     @classmethod
@@ -190,20 +191,74 @@ class Predictor:
             return self.engine([im.to(self.device) for im in images])
 
     # ------------------------------------------------------------------------------------------ model side
-    def _forward(self, images: list[Tensor]) -> list[Prediction]:
-        """The detector on ``images`` at the size they come in; inputs of one shape share a forward pass."""
+    def _forward(self, images: list[Tensor], probe: bool = False) -> list[Prediction]:
+        """The detector on ``images`` at the size they come in; inputs of one shape share a forward pass.
+
+        With ``probe`` (the full-image round of ``select: small``) and a RetinaNet, each prediction also carries
+        the cells of the finest pyramid level as boxes (:data:`~sod.evaluation.sliced.OBJECTNESS_BOXES`, xyxy in
+        input pixels) and their objectness (max class probability over the level's anchors): read from the same
+        forward pass by a hook on the classification head, at no extra cost.
+        """
         out: list[Prediction | None] = [None] * len(images)
         by_shape: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
             by_shape.setdefault(tuple(im.shape[-2:]), []).append(i)
         front = bicubic_input(self.model) if self.bicubic_input else nullcontext()
-        with front:
+        with front, _head_logits(self.model if probe else None) as logits:
             for (h, w), idx in by_shape.items():
                 with _native_size(self.model, min(h, w), max(h, w)):
-                    for i, o in zip(idx, self.model([images[i] for i in idx]), strict=True):
+                    for n, (i, o) in enumerate(zip(idx, self.model([images[i] for i in idx]), strict=True)):
                         keep = o["labels"] > 0  # label 0 is no class (see the module docstring)
                         out[i] = {k: v[keep] for k, v in o.items()}
+                        if logits:
+                            out[i] |= _finest_level_cells(*logits[-1], n, (h, w))
         return out  # type: ignore[return-value]
+
+    def _probe(self, images: list[Tensor]) -> list[Prediction]:
+        return self._forward(images, probe=True)
+
+
+@contextmanager
+def _head_logits(model: nn.Module | None) -> Iterator[list[tuple[tuple[int, int], list[tuple[int, int]], Tensor]]]:
+    """Within the block, each forward pass of a torchvision RetinaNet ``model`` appends ``(padded input size,
+    [(H, W) of each pyramid level], classification logits [N, sum H*W*A, K])``; a no-op list for None or for a
+    model without ``backbone`` and ``head.classification_head`` (Faster R-CNN, an SR front end)."""
+    calls: list[tuple[tuple[int, int], list[tuple[int, int]], Tensor]] = []
+    head = getattr(getattr(model, "head", None), "classification_head", None)
+    backbone = getattr(model, "backbone", None)
+    if model is None or head is None or backbone is None or isinstance(model, UpscaledDetector):
+        yield calls
+        return
+    padded: list[tuple[int, int]] = []
+    hooks = [
+        backbone.register_forward_hook(lambda _m, args, _o: padded.append(tuple(args[0].shape[-2:]))),
+        head.register_forward_hook(
+            lambda _m, args, o: calls.append((padded[-1], [tuple(f.shape[-2:]) for f in args[0]], o))
+        ),
+    ]
+    try:
+        yield calls
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _finest_level_cells(
+    padded_hw: tuple[int, int], levels: list[tuple[int, int]], logits: Tensor, n: int, input_hw: tuple[int, int]
+) -> Prediction:
+    """Input ``n``'s cells of the first (finest) level: ``{OBJECTNESS_BOXES: Tensor[C, 4] xyxy input px,
+    OBJECTNESS: Tensor[C]}``, the max sigmoid class score over the cell's anchors; cells wholly in the batch
+    padding are left out. torchvision's head lays its logits out level by level, each as (H, W, A, K)."""
+    h0, w0 = levels[0]
+    anchors = logits.shape[1] // sum(h * w for h, w in levels)
+    score = logits[n, : h0 * w0 * anchors].sigmoid().amax(-1).view(h0, w0, anchors).amax(-1)  # [H0, W0]
+    sy, sx = padded_hw[0] / h0, padded_hw[1] / w0
+    ys = torch.arange(h0, device=logits.device, dtype=torch.float32) * sy
+    xs = torch.arange(w0, device=logits.device, dtype=torch.float32) * sx
+    y0, x0 = torch.meshgrid(ys, xs, indexing="ij")
+    boxes = torch.stack([x0, y0, x0 + sx, y0 + sy], dim=-1).view(-1, 4)
+    inside = (boxes[:, 0] < input_hw[1]) & (boxes[:, 1] < input_hw[0])
+    return {OBJECTNESS_BOXES: boxes[inside], OBJECTNESS: score.flatten()[inside]}
 
 
 @contextmanager

@@ -220,13 +220,23 @@ def _matching_pairs(
 
 
 # --------------------------------------------------------------------------------------------- predict
+# Optional keys of a probe (full-image) prediction: the finest pyramid level's cells as boxes (xyxy, in the same
+# pixels as "boxes") and their objectness (max class probability), from Predictor's hook on a RetinaNet head.
+OBJECTNESS_BOXES, OBJECTNESS = "objectness_boxes", "objectness"
+
+
 def _tiles_with_small_boxes(tiles_xyxy: Tensor, probes: Sequence[Prediction], min_score: float) -> Tensor:
-    """``Tensor[T] bool``: tiles that hold the centre of a small (area < 32²) probe box scoring ≥ ``min_score``."""
+    """``Tensor[T] bool``: tiles that hold the centre of a small (area < 32²) probe box scoring ≥ ``min_score``,
+    or of a cell of the probe's finest level (:data:`OBJECTNESS_BOXES`, when the probe carries them) whose
+    objectness is ≥ ``min_score``: the detector's own evidence of objects too small for it to box at the probe's
+    scale."""
     if not probes:
         return torch.zeros(len(tiles_xyxy), dtype=torch.bool)
     boxes = torch.cat([p["boxes"] for p in probes]).cpu()
     scores = torch.cat([p["scores"] for p in probes]).cpu()
     boxes = boxes[(scores >= min_score) & (box_area(boxes) < COCO_SMALL_AREA)]
+    cells = [p[OBJECTNESS_BOXES][p[OBJECTNESS] >= min_score] for p in probes if OBJECTNESS_BOXES in p]
+    boxes = torch.cat([boxes, *(c.cpu().float() for c in cells)])
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [N, 2] xy
     t = tiles_xyxy[:, None, :].float()  # [T, 1, 4]
     inside = (centres >= t[..., :2]) & (centres < t[..., 2:])  # [T, N, 2]
@@ -299,7 +309,11 @@ def _run_jobs(
                 boxes[:, 1::2] = boxes[:, 1::2].clamp(y0, y1)
                 keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            per_image[job.image].append({"boxes": boxes, "scores": scores, "labels": labels})
+            pred = {"boxes": boxes, "scores": scores, "labels": labels}
+            if OBJECTNESS_BOXES in out:  # a probe's cells: input pixels → image pixels, like its boxes
+                pred[OBJECTNESS_BOXES] = out[OBJECTNESS_BOXES].float() / scale + offset
+                pred[OBJECTNESS] = out[OBJECTNESS]
+            per_image[job.image].append(pred)
     return per_image
 
 
@@ -337,13 +351,16 @@ class SlicedPredictor:
         max_dets: keep at most this many boxes per image after merging; None keeps all.
         select: ``all`` tiles, or ``small``: the full-image passes run first (even without
             ``include_full``, then left out of the merge) and only tiles holding the centre of one of
-            their small boxes (area < 32²) scoring ≥ ``select_score`` run — fewer forward passes where
+            their small boxes (area < 32²), or of a finest-level cell when the probe carries its objectness
+            map (:data:`OBJECTNESS_BOXES`), scoring ≥ ``select_score`` run — fewer forward passes where
             the full image shows no small-object candidate.
-        select_score: the candidate score for ``select='small'``; keep it low, the tiles exist to
-            confirm weak small detections.
+        select_score: the candidate score for ``select='small'``: low enough that weak small detections and
+            the objects too small to box at the probe's scale still open their tile.
         resize: how inputs are resized (:data:`ResizeFn`); None = :func:`bilinear_resize`.
         train_tile: ``prepare.slice.tile`` when training was sliced (None: it was not): images larger than
             it get their tiles resized like the training tiles were (see the module docstring).
+        probe_fn: the detector for the full-image (probe) round of ``select='small'``; may add
+            :data:`OBJECTNESS_BOXES`/:data:`OBJECTNESS` to each prediction; default ``predict_fn``.
     """
 
     def __init__(
@@ -366,12 +383,14 @@ class SlicedPredictor:
         input_size: tuple[int, int] | None = None,
         resize: ResizeFn | None = None,
         train_tile: int | None = None,
+        probe_fn: PredictFn | None = None,
     ) -> None:
         if batch_size < 1 or (upscale is not None and upscale <= 0) or not scales or min(scales) <= 0:
             raise ValueError(f"need batch_size ≥ 1, upscale > 0, scales > 0; got {batch_size}, {upscale}, {scales}")
         if input_size is not None and min(input_size) < 1:
             raise ValueError(f"input_size must be positive (min_size, max_size), got {input_size}")
         self.predict_fn = predict_fn
+        self.probe_fn = predict_fn if probe_fn is None else probe_fn
         self.sliced = sliced
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.merge, self.match, self.match_thresh = merge, match, match_thresh
@@ -461,8 +480,9 @@ class SlicedPredictor:
         if not (self.sliced and self.select == "small"):
             return _run_jobs(images, self._jobs(images), self.predict_fn, self.batch_size, self.resize)
         # Two rounds: the full-image passes probe where small objects may be, then only those tiles run.
-        full = _run_jobs(images, self._full_jobs(images), self.predict_fn, self.batch_size, self.resize)
+        full = _run_jobs(images, self._full_jobs(images), self.probe_fn, self.batch_size, self.resize)
         tiles = _run_jobs(images, self._tile_jobs(images, full), self.predict_fn, self.batch_size, self.resize)
+        full = [[{k: p[k] for k in ("boxes", "scores", "labels")} for p in f] for f in full]  # cells: probe only
         return [(f if self.include_full else []) + t for f, t in zip(full, tiles, strict=True)]
 
     def __call__(self, images: Sequence[Tensor]) -> list[Prediction]:

@@ -10,8 +10,8 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from sod.config import EvaluateConfig, SlicedConfig
-from sod.evaluation.predictor import Predictor, config_mode, detector_input_size
-from sod.evaluation.sliced import SlicedPredictor, tile_grid
+from sod.evaluation.predictor import Predictor, _finest_level_cells, config_mode, detector_input_size
+from sod.evaluation.sliced import OBJECTNESS, OBJECTNESS_BOXES, SlicedPredictor, tile_grid
 from tests.tiny_models import TinyBackbone
 
 # What the stub returns for every input, in that input's own pixels: a box partly below y = 120 (in the pad of
@@ -165,3 +165,39 @@ def test_on_a_320_px_image_it_equals_the_old_path(mode: str, one_thread: None) -
             (plain,) = model([image])
         keep = plain["labels"] > 0
         torch.testing.assert_close(new["boxes"], plain["boxes"][keep], rtol=0, atol=1e-5)
+
+
+def test_finest_level_cells_by_hand() -> None:
+    # Two levels, 2 x 2 and 1 x 1 cells, of an 8 x 8 padded batch; 1 anchor, 2 classes. torchvision's layout:
+    # level by level, (H, W, A) rows of K logits.
+    logits = torch.tensor([[[0.0, 2.0], [-1.0, -3.0], [1.0, 0.5], [-4.0, -2.0], [9.0, 9.0]]])
+    cells = _finest_level_cells((8, 8), [(2, 2), (1, 1)], logits, 0, (8, 8))
+    assert cells[OBJECTNESS_BOXES].tolist() == [[0, 0, 4, 4], [4, 0, 8, 4], [0, 4, 4, 8], [4, 4, 8, 8]]
+    expected = torch.tensor([2.0, -1.0, 1.0, -2.0]).sigmoid()  # each cell's best class; the 1 x 1 level unused
+    torch.testing.assert_close(cells[OBJECTNESS], expected)
+    # An input of 5 x 3 in that batch: cells starting in the padding (x ≥ 3 or y ≥ 5) are left out.
+    cells = _finest_level_cells((8, 8), [(2, 2), (1, 1)], logits, 0, (5, 3))
+    assert cells[OBJECTNESS_BOXES].tolist() == [[0, 0, 4, 4], [0, 4, 4, 8]]
+
+
+def test_adaptive_probe_reads_the_retinanet_heads_map_and_the_output_stays_plain(one_thread: None) -> None:
+    model = _tiny_detector()  # one level at stride 4
+    pred = Predictor(model, mode="adaptive", tile=160, overlap=0.25, batch_size=4, select_score=0.0)
+    image = _pattern(320, 320)
+    with torch.inference_mode():
+        (probe,) = pred._probe([image])
+        (out,) = pred([image])
+    # 320 / 4 = 80 cells a side, each 4 px: they tile the input exactly; one score per cell, in (0, 1).
+    boxes = probe[OBJECTNESS_BOXES]
+    assert (
+        boxes.shape == (80 * 80, 4) and boxes[0].tolist() == [0, 0, 4, 4] and boxes[-1].tolist() == [316, 316, 320, 320]
+    )
+    assert ((probe[OBJECTNESS] > 0) & (probe[OBJECTNESS] < 1)).all()
+    # The probe's boxes are the plain forward pass's; the merged output holds no cells.
+    (plain,) = pred._forward([image])
+    assert set(plain) == {"boxes", "scores", "labels"} and torch.equal(plain["boxes"], probe["boxes"])
+    assert set(out) == {"boxes", "scores", "labels"}
+    # Score 0 opens every tile: the same tiles as select=all, so the same merged prediction.
+    with torch.inference_mode():
+        (every,) = Predictor(model, mode="sliced", tile=160, overlap=0.25, batch_size=4)([image])
+    torch.testing.assert_close(out["boxes"], every["boxes"])

@@ -7,7 +7,14 @@ import torch
 from torch import Tensor
 
 from sod.config import EvaluateConfig, SlicedConfig
-from sod.evaluation.sliced import SlicedPredictor, full_image_factor, merge_predictions, tile_grid
+from sod.evaluation.sliced import (
+    OBJECTNESS,
+    OBJECTNESS_BOXES,
+    SlicedPredictor,
+    full_image_factor,
+    merge_predictions,
+    tile_grid,
+)
 
 
 def _fixed_box(images: list[Tensor]) -> list[dict[str, Tensor]]:
@@ -302,3 +309,38 @@ def test_select_small_runs_only_tiles_with_small_candidates() -> None:
     pred = SlicedPredictor(counting, tile=64, overlap=0.25, select="small", select_score=0.95, include_full=False)
     (out,) = pred([image])
     assert out["boxes"].shape == (0, 4) and out["labels"].dtype == torch.int64
+
+
+def test_select_small_also_opens_the_tiles_of_hot_objectness_cells() -> None:
+    """A probe that carries its finest level's cells (Predictor's RetinaNet hook): a cell scoring ≥ select_score
+    opens the tile holding its centre even where the probe boxed nothing; the cells never reach the output."""
+    probe_calls: list[int] = []
+    tile_calls: list[Tensor] = []
+
+    def probe(images: list[Tensor]) -> list[dict[str, Tensor]]:
+        probe_calls.append(len(images))
+        # No box; two cells of the 100 x 230 image (scale 1): centre (152, 42) hot, centre (10, 10) cold.
+        cells = torch.tensor([[150.0, 40.0, 154.0, 44.0], [8.0, 8.0, 12.0, 12.0]])
+        empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+        return [empty | {OBJECTNESS_BOXES: cells, OBJECTNESS: torch.tensor([0.5, 0.1])} for _ in images]
+
+    def tiles(images: list[Tensor]) -> list[dict[str, Tensor]]:
+        tile_calls.extend(images)
+        return _fixed_box(images)
+
+    image = torch.arange(100 * 230, dtype=torch.float32).view(1, 100, 230).expand(3, -1, -1)
+    pred = SlicedPredictor(tiles, tile=64, overlap=0.25, select="small", select_score=0.3, probe_fn=probe)
+    (out,) = pred([image])
+    assert probe_calls == [1]
+    # Tiles: step floor(64 * 0.75) = 48, x origins 0, 48, 96, 144, 166 and y origins 0, 36. (152, 42) lies in
+    # x 96–160 and 144–208 (not 166–230) and in y 0–64 and 36–100: four tiles hold it.
+    grid = tile_grid(100, 230, 64, 0.25)
+    holds = [(x0 <= 152 < x1) and (y0 <= 42 < y1) for x0, y0, x1, y1 in grid.tolist()]
+    assert len(tile_calls) == sum(holds) == 4
+    ran = {(int(t[0, 0, 0]) % 230, int(t[0, 0, 0]) // 230) for t in tile_calls}  # each tile's top-left pixel
+    assert ran == {(x0, y0) for (x0, y0, _, _), h in zip(grid.tolist(), holds, strict=True) if h}
+    assert set(out) == {"boxes", "scores", "labels"}
+    # Above the hot cell's score: no tile; the probe (no boxes) is all there is.
+    tile_calls.clear()
+    SlicedPredictor(tiles, tile=64, overlap=0.25, select="small", select_score=0.6, probe_fn=probe)([image])
+    assert tile_calls == []
