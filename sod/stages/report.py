@@ -216,8 +216,8 @@ def _plot_sweep(points: pd.DataFrame, sweep: str, path: Path) -> None:
     ax.set_xlabel(x_key)
     ax.set_ylabel("AP (IoU 0.50:0.95)")
     seeds = int(points["seeds"].max())
-    spread = f" (mean ± std, ≤{seeds} seeds)" if seeds > 1 else ""
-    ax.set_title(f"AP by object size vs {sweep.replace('_', ' ')}{spread}")
+    spread = f"\nmean ± std over ≤ {seeds} training seeds" if seeds > 1 else ""  # own line: fits the 5-inch figure
+    ax.set_title(f"AP by object size vs {sweep.replace('_', ' ')}{spread}", fontsize=10)
     ax.legend(fontsize=8)
     _save(fig, path)
 
