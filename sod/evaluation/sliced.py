@@ -239,8 +239,11 @@ def _tiles_with_small_boxes(tiles_xyxy: Tensor, probes: Sequence[Prediction], mi
     boxes = torch.cat([boxes, *(c.cpu().float() for c in cells)])
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [N, 2] xy
     t = tiles_xyxy[:, None, :].float()  # [T, 1, 4]
-    inside = (centres >= t[..., :2]) & (centres < t[..., 2:])  # [T, N, 2]
-    return inside.all(dim=2).any(dim=1)
+    selected = torch.zeros(len(tiles_xyxy), dtype=torch.bool)
+    # In chunks of centres: a huge image's probe has ~10^5 cells and ~10^3 tiles, too many for one [T, N] mask.
+    for c in centres.split(4096):
+        selected |= ((c >= t[..., :2]) & (c < t[..., 2:])).all(dim=2).any(dim=1)  # [T, n, 2] → [T]
+    return selected
 
 
 def _empty_labels(image: Tensor) -> Tensor:

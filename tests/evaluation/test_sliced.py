@@ -11,6 +11,7 @@ from sod.evaluation.sliced import (
     OBJECTNESS,
     OBJECTNESS_BOXES,
     SlicedPredictor,
+    _tiles_with_small_boxes,
     full_image_factor,
     merge_predictions,
     tile_grid,
@@ -344,3 +345,16 @@ def test_select_small_also_opens_the_tiles_of_hot_objectness_cells() -> None:
     tile_calls.clear()
     SlicedPredictor(tiles, tile=64, overlap=0.25, select="small", select_score=0.6, probe_fn=probe)([image])
     assert tile_calls == []
+
+
+def test_tile_selection_counts_every_hot_cell_of_a_probe_with_thousands_of_cells() -> None:
+    # 5,000 cells (the selection runs them in chunks of 4,096): only the last one is hot, centre (250, 10).
+    tiles = torch.tensor([[0, 0, 100, 100], [200, 0, 300, 100]])
+    cells = torch.tensor([[0.0, 0.0, 2.0, 2.0]]).repeat(5000, 1)
+    cells[-1] = torch.tensor([248.0, 8.0, 252.0, 12.0])
+    hot = torch.zeros(5000)
+    hot[-1] = 0.9
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+    probe = empty | {OBJECTNESS_BOXES: cells, OBJECTNESS: hot}
+    assert _tiles_with_small_boxes(tiles, [probe], 0.5).tolist() == [False, True]
+    assert _tiles_with_small_boxes(tiles, [probe], 0.0).tolist() == [True, True]  # every cell counts at 0
