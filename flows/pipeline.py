@@ -65,8 +65,7 @@ def command_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, st
     # The stages run root's code, the files DVC hashes as their deps, not the copy of sod this Python has
     # installed: a worker's environment serves every clone it runs a deployment in.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # The telemetry switches come with os.environ: importing the flows package set them (flows.OFFLINE_ENV).
     if "SOD_GIT_COMMIT" not in env:
         env["SOD_GIT_COMMIT"] = tracking.git_commit(root)
     env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(root)  # the stages run in other directories too
