@@ -64,6 +64,7 @@ from sod.evaluation.coco_eval import CocoEvaluator  # noqa: E402
 from sod.evaluation.predictor import Predictor, image_tensor  # noqa: E402
 from sod.io import load_rgb, read_json  # noqa: E402
 from sod.models.detector import load_detector  # noqa: E402
+from sod.models.fusion import fold_batch_norm  # noqa: E402
 
 SPEED_TARGET = 3.0  # sod images/s ≥ 3× SAHI's
 AP_TOLERANCE = 0.01  # AP_small sod ≥ AP_small SAHI − this
@@ -223,7 +224,12 @@ def sod_predict(
 def run_case(
     model, meta: dict, case: Case, cfg: EvaluateConfig, selects: Sequence[str], device: torch.device
 ) -> list[Run]:
-    """SAHI, then sod for each of ``selects``, scored by one CocoEvaluator setup; first run is SAHI's."""
+    """SAHI, SAHI given the folded model, then sod for each of ``selects``, scored by one CocoEvaluator setup.
+
+    Runs are named ``sahi`` (the peer: the model as a user hands it to SAHI), ``sahi_folded`` (SAHI with the
+    copy whose batch norms sod's Predictor folds, :func:`~sod.models.fusion.fold_batch_norm`: how much of the
+    ratio that folding is) and the selects.
+    """
     inputs = [{"image_id": i} for i in case.image_ids]
 
     def score(outputs: list[dict]) -> dict:
@@ -233,12 +239,18 @@ def run_case(
 
     # Warm-up (untimed): one image through sod's cheapest mode, so no method pays the first calls' setup.
     sod_predict(model, replace(case, images=case.images[:1]), cfg, "small", device)
-    out, secs, n = sahi_predict(model, meta, case, cfg, device)
-    runs = [Run("sahi", secs, score(out), n)]
+    runs = []
+    for name, peer_model in (("sahi", model), ("sahi_folded", fold_batch_norm(model)[0])):
+        out, secs, n = sahi_predict(peer_model, meta, case, cfg, device)
+        runs.append(Run(name, secs, score(out), n))
     for select in selects:
         out, secs, n = sod_predict(model, case, cfg, select, device)
         runs.append(Run(select, secs, score(out), n))
     return runs
+
+
+def _sod_runs(runs: Sequence[Run]) -> list[Run]:
+    return [r for r in runs if not r.name.startswith("sahi")]
 
 
 # ------------------------------------------------------------------------------------------------- cases
@@ -299,20 +311,21 @@ def large_scene_summary(runs: Sequence[Run], images: int, image_size: int, tile_
     """The ``large_scene`` entry: sod ``select: small`` against SAHI, and what skipping tiles cost.
 
     Args:
-        runs: SAHI's run first, then sod's ``all`` and ``small`` (both needed).
+        runs: ``sahi``, ``sahi_folded``, sod's ``all`` and ``small`` (all four needed).
         images: images each method ran.
         image_size: the scenes' side, px.
         tile_scale: the factor tiles were resized by (1.0: tiles at their original pixels).
 
     Returns:
-        ``ratio`` (sod small / SAHI images/s), ``ratio_select_all``, ``sod_images_per_s``,
+        ``ratio`` (sod small / SAHI images/s), ``ratio_select_all``, ``ratio_vs_sahi_folded`` (sod small / SAHI
+        given the folded model), ``sahi_folded_images_per_s``, ``sod_images_per_s``,
         ``sod_all_images_per_s``, ``sahi_images_per_s``, ``sod_AP``/``sod_AP_small`` (small),
         ``sod_all_AP``/``sod_all_AP_small``, ``sahi_AP``/``sahi_AP_small``, ``tiles_per_image`` (per method:
         ``sahi``, ``all``, ``small``), ``skip_cost`` (``AP``/``AP_small`` of all − small),
         ``met`` (ratio ≥ 3× and AP_small at most 0.01 below SAHI's), ``images``, ``image_size``, ``tile_scale``.
     """
     by = {r.name: r for r in runs}
-    sahi, every, small = by["sahi"], by["all"], by["small"]
+    sahi, folded, every, small = by["sahi"], by["sahi_folded"], by["all"], by["small"]
     ratio = _ips(small, images) / _ips(sahi, images)
     ap_ok = _ap_small_ok(small.metrics["AP_small"], sahi.metrics["AP_small"])
     return {
@@ -321,6 +334,8 @@ def large_scene_summary(runs: Sequence[Run], images: int, image_size: int, tile_
         "tile_scale": tile_scale,
         "ratio": ratio,
         "ratio_select_all": _ips(every, images) / _ips(sahi, images),
+        "ratio_vs_sahi_folded": _ips(small, images) / _ips(folded, images),
+        "sahi_folded_images_per_s": _ips(folded, images),
         "sod_images_per_s": _ips(small, images),
         "sod_all_images_per_s": _ips(every, images),
         "sahi_images_per_s": _ips(sahi, images),
@@ -344,18 +359,19 @@ def case_rows(runs: Sequence[Run], images: int, prefix: str = "") -> list[dict[s
 
     ``prefix`` names the case in each row's measure (``"1280 px scenes: "``; empty for the default case).
     """
-    sahi = runs[0]
+    sahi, folded = runs[0], runs[1]
     peer_ips = _ips(sahi, images)
-    rows = []
-    for r in runs[1:]:
+    # What folding the norms alone buys SAHI: the part of sod's ratio that is not tiles or batching.
+    rows = [row(f"{prefix}images/s, SAHI given the folded model", "images/s", _ips(folded, images), peer_ips)]
+    for r in _sod_runs(runs):
         ips = _ips(r, images)
         rows.append(row(f"{prefix}images/s, select={r.name}", "images/s", ips, peer_ips,
                         target=f"≥ {SPEED_TARGET:g}×", met=ips >= SPEED_TARGET * peer_ips))  # fmt: skip
-    for r in runs[1:]:
+    for r in _sod_runs(runs):
         a, b = r.metrics["AP_small"], sahi.metrics["AP_small"]
         rows.append(row(f"{prefix}AP_small, select={r.name}", "AP_small", a, b,
                         target=f"≥ peer − {AP_TOLERANCE:g}", met=_ap_small_ok(a, b), ratio=None))  # fmt: skip
-    for r in runs[1:]:
+    for r in _sod_runs(runs):
         rows.append(row(f"{prefix}tiles per image, select={r.name}", "tiles", r.tiles / images, sahi.tiles / images))
     return rows
 
@@ -366,7 +382,9 @@ def _print_case(case: Case, runs: Sequence[Run], header: str) -> None:
     print(header)
     print(f"{'method':<38}{'images/s':>9}{'ratio':>7}{'tiles/im':>9}{'AP':>8}{'AP_small':>10}")
     for r in runs:
-        name = "SAHI get_sliced_prediction (peer)" if r.name == "sahi" else f"sod Predictor select={r.name}"
+        name = {"sahi": "SAHI get_sliced_prediction (peer)", "sahi_folded": "SAHI, model with folded norms"}.get(
+            r.name, f"sod Predictor select={r.name}"
+        )
         ips = _ips(r, images)
         ap, aps = r.metrics["AP"] or 0, r.metrics["AP_small"] or 0
         print(f"{name:<38}{ips:>9.3f}{ips / peer_ips:>7.2f}{r.tiles / images:>9.1f}{ap:>8.4f}{aps:>10.4f}")

@@ -226,10 +226,17 @@ OBJECTNESS_BOXES, OBJECTNESS = "objectness_boxes", "objectness"
 
 
 def _tiles_with_small_boxes(tiles_xyxy: Tensor, probes: Sequence[Prediction], min_score: float) -> Tensor:
-    """``Tensor[T] bool``: tiles that hold the centre of a small (area < 32²) probe box scoring ≥ ``min_score``,
-    or of a cell of the probe's finest level (:data:`OBJECTNESS_BOXES`, when the probe carries them) whose
-    objectness is ≥ ``min_score``: the detector's own evidence of objects too small for it to box at the probe's
-    scale."""
+    """``Tensor[T] bool``: for each candidate, the one tile that holds its centre farthest from the tile's border.
+
+    Candidates: small (area < 32²) probe boxes scoring ≥ ``min_score``, and the cells of the probe's finest level
+    (:data:`OBJECTNESS_BOXES`, when the probe carries them) whose objectness is ≥ ``min_score``: the detector's
+    own evidence of objects too small for it to box at the probe's scale. Of the tiles holding a candidate's centre
+    (up to 4 where tiles overlap), only the one whose centre is nearest (Chebyshev distance; the first in grid
+    order on a tie) runs: a small object lies wholly inside it (at least ``tile * overlap / 2`` px from its border),
+    and its neighbours would see it cut or at their edge. Measured on 16 embedded 1,280 px scenes (seed 2, tile 160,
+    overlap 0.25, probe 1.5×, score 0.1): 58.8 tiles an image and AP_small 0.338, against 79.7 and 0.337 when
+    every tile holding a candidate ran (select=all: 121 tiles, 0.340).
+    """
     if not probes:
         return torch.zeros(len(tiles_xyxy), dtype=torch.bool)
     boxes = torch.cat([p["boxes"] for p in probes]).cpu()
@@ -238,11 +245,15 @@ def _tiles_with_small_boxes(tiles_xyxy: Tensor, probes: Sequence[Prediction], mi
     cells = [p[OBJECTNESS_BOXES][p[OBJECTNESS] >= min_score] for p in probes if OBJECTNESS_BOXES in p]
     boxes = torch.cat([boxes, *(c.cpu().float() for c in cells)])
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [N, 2] xy
-    t = tiles_xyxy[:, None, :].float()  # [T, 1, 4]
+    t = tiles_xyxy.float()
+    mid = (t[:, None, :2] + t[:, None, 2:]) / 2  # [T, 1, 2]
     selected = torch.zeros(len(tiles_xyxy), dtype=torch.bool)
-    # In chunks of centres: a huge image's probe has ~10^5 cells and ~10^3 tiles, too many for one [T, N] mask.
+    # In chunks of centres: a huge image's probe has ~10^5 cells and ~10^3 tiles, too many for one [T, N] matrix.
     for c in centres.split(4096):
-        selected |= ((c >= t[..., :2]) & (c < t[..., 2:])).all(dim=2).any(dim=1)  # [T, n, 2] → [T]
+        holds = ((c >= t[:, None, :2]) & (c < t[:, None, 2:])).all(dim=2)  # [T, n]
+        dist = (c - mid).abs().amax(dim=2).masked_fill(~holds, torch.inf)  # [T, n] Chebyshev, inf: not held
+        best = dist.argmin(dim=0)  # [n]: first minimum on a tie
+        selected[best[holds.any(dim=0)]] = True  # a centre no tile holds (none should) selects nothing
     return selected
 
 
@@ -353,10 +364,10 @@ class SlicedPredictor:
             ``predict_fn`` does not resize; None when they are at the detector's input scale already.
         max_dets: keep at most this many boxes per image after merging; None keeps all.
         select: ``all`` tiles, or ``small``: the full-image passes run first (even without
-            ``include_full``, then left out of the merge) and only tiles holding the centre of one of
-            their small boxes (area < 32²), or of a finest-level cell when the probe carries its objectness
-            map (:data:`OBJECTNESS_BOXES`), scoring ≥ ``select_score`` run — fewer forward passes where
-            the full image shows no small-object candidate.
+            ``include_full``, then left out of the merge) and, for each of their small boxes (area < 32²) and
+            finest-level cells (when the probe carries its objectness map, :data:`OBJECTNESS_BOXES`) scoring
+            ≥ ``select_score``, the one tile holding its centre farthest from the tile border runs — fewer
+            forward passes where the full image shows no small-object candidate.
         select_score: the candidate score for ``select='small'``: low enough that weak small detections and
             the objects too small to box at the probe's scale still open their tile.
         resize: how inputs are resized (:data:`ResizeFn`); None = :func:`bilinear_resize`.

@@ -8,10 +8,12 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops.misc import FrozenBatchNorm2d
 
-from sod.config import EvaluateConfig, SlicedConfig
+from sod.config import DetectorConfig, EvaluateConfig, SlicedConfig
 from sod.evaluation.predictor import Predictor, _finest_level_cells, config_mode, detector_input_size
 from sod.evaluation.sliced import OBJECTNESS, OBJECTNESS_BOXES, SlicedPredictor, tile_grid
+from sod.models.detector import build_detector
 from tests.tiny_models import TinyBackbone
 
 # What the stub returns for every input, in that input's own pixels: a box partly below y = 120 (in the pad of
@@ -201,3 +203,20 @@ def test_adaptive_probe_reads_the_retinanet_heads_map_and_the_output_stays_plain
     with torch.inference_mode():
         (every,) = Predictor(model, mode="sliced", tile=160, overlap=0.25, batch_size=4)([image])
     torch.testing.assert_close(out["boxes"], every["boxes"])
+
+
+def test_predictor_runs_a_folded_copy_and_leaves_the_model(one_thread: None) -> None:
+    # A detector as load_detector builds it (frozen ImageNet-style norms), ImageNet file not read.
+    cfg = DetectorConfig(min_size=64, max_size=64, fpn_channels=16, pretrained="imagenet", score_thresh=0.0)
+    model = build_detector(cfg, 3, load_pretrained=False).eval()
+    norms = sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    assert norms > 0
+    folded = Predictor(model, mode="full")
+    assert folded.model is not model and not any(isinstance(m, FrozenBatchNorm2d) for m in folded.model.modules())
+    assert sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules()) == norms  # the caller's model as it was
+    plain = Predictor(model, mode="full", fold_bn=False)
+    assert plain.model is model
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    (a,), (b,) = folded([image]), plain([image])
+    # The same detections up to float rounding: compare the best scores (ties below them may reorder).
+    torch.testing.assert_close(a["scores"][:20], b["scores"][:20], rtol=1e-4, atol=1e-5)

@@ -320,8 +320,8 @@ def test_select_small_also_opens_the_tiles_of_hot_objectness_cells() -> None:
 
     def probe(images: list[Tensor]) -> list[dict[str, Tensor]]:
         probe_calls.append(len(images))
-        # No box; two cells of the 100 x 230 image (scale 1): centre (152, 42) hot, centre (10, 10) cold.
-        cells = torch.tensor([[150.0, 40.0, 154.0, 44.0], [8.0, 8.0, 12.0, 12.0]])
+        # No box; two cells of the 100 x 230 image (scale 1): centre (150, 42) hot, centre (10, 10) cold.
+        cells = torch.tensor([[148.0, 40.0, 152.0, 44.0], [8.0, 8.0, 12.0, 12.0]])
         empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
         return [empty | {OBJECTNESS_BOXES: cells, OBJECTNESS: torch.tensor([0.5, 0.1])} for _ in images]
 
@@ -333,13 +333,14 @@ def test_select_small_also_opens_the_tiles_of_hot_objectness_cells() -> None:
     pred = SlicedPredictor(tiles, tile=64, overlap=0.25, select="small", select_score=0.3, probe_fn=probe)
     (out,) = pred([image])
     assert probe_calls == [1]
-    # Tiles: step floor(64 * 0.75) = 48, x origins 0, 48, 96, 144, 166 and y origins 0, 36. (152, 42) lies in
-    # x 96–160 and 144–208 (not 166–230) and in y 0–64 and 36–100: four tiles hold it.
+    # Tiles: step floor(64 * 0.75) = 48, x origins 0, 48, 96, 144, 166 and y origins 0, 36. (150, 42) lies in
+    # x 96–160 (centre 128, 22 px off) and 144–208 (centre 176, 26 px off), and in y 0–64 (centre 32, 10 px off)
+    # and 36–100 (centre 68, 26 px off): four tiles hold it; the nearest centre (Chebyshev) is tile (96, 0),
+    # max(22, 10) = 22 against 26, 26 and 26. Only that one runs.
     grid = tile_grid(100, 230, 64, 0.25)
-    holds = [(x0 <= 152 < x1) and (y0 <= 42 < y1) for x0, y0, x1, y1 in grid.tolist()]
-    assert len(tile_calls) == sum(holds) == 4
-    ran = {(int(t[0, 0, 0]) % 230, int(t[0, 0, 0]) // 230) for t in tile_calls}  # each tile's top-left pixel
-    assert ran == {(x0, y0) for (x0, y0, _, _), h in zip(grid.tolist(), holds, strict=True) if h}
+    holds = [(x0 <= 150 < x1) and (y0 <= 42 < y1) for x0, y0, x1, y1 in grid.tolist()]
+    assert sum(holds) == 4 and len(tile_calls) == 1
+    assert int(tile_calls[0][0, 0, 0]) == 0 * 230 + 96  # the tile's top-left pixel: x 96, y 0
     assert set(out) == {"boxes", "scores", "labels"}
     # Above the hot cell's score: no tile; the probe (no boxes) is all there is.
     tile_calls.clear()
@@ -358,3 +359,30 @@ def test_tile_selection_counts_every_hot_cell_of_a_probe_with_thousands_of_cells
     probe = empty | {OBJECTNESS_BOXES: cells, OBJECTNESS: hot}
     assert _tiles_with_small_boxes(tiles, [probe], 0.5).tolist() == [False, True]
     assert _tiles_with_small_boxes(tiles, [probe], 0.0).tolist() == [True, True]  # every cell counts at 0
+
+
+def test_each_candidate_opens_the_one_tile_that_holds_it_farthest_from_its_border() -> None:
+    # Three tiles of 100 px overlapping by 50 along x (centres x 50, 100, 150), one row (centres y 50).
+    tiles = torch.tensor([[0, 0, 100, 100], [50, 0, 150, 100], [100, 0, 200, 100]])
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+
+    def select(*centres: tuple[float, float]) -> list[bool]:
+        cells = torch.tensor([[x - 1, y - 1, x + 1, y + 1] for x, y in centres])
+        probe = empty | {OBJECTNESS_BOXES: cells, OBJECTNESS: torch.ones(len(centres))}
+        return _tiles_with_small_boxes(tiles, [probe], 0.5).tolist()
+
+    # x 60: tiles 0 (10 px off its centre) and 1 (40 px off) hold it; Chebyshev with y 50 (0 off): tile 0.
+    assert select((60.0, 50.0)) == [True, False, False]
+    # x 90: tile 0 (40 off), tile 1 (10 off): tile 1. y 95 is 45 off every centre: max(40, 45) = max(10, 45) ties,
+    # and the first in grid order wins.
+    assert select((90.0, 50.0)) == [False, True, False]
+    assert select((90.0, 95.0)) == [True, False, False]
+    # x 160: only tile 2 holds it. Several candidates: the union of their tiles.
+    assert select((160.0, 50.0), (60.0, 50.0)) == [True, False, True]
+    # A small probe box counts like a cell: centre (125, 50), 25 off tiles 1 and 2: the first, tile 1.
+    box = {
+        "boxes": torch.tensor([[120.0, 45.0, 130.0, 55.0]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([1]),
+    }
+    assert _tiles_with_small_boxes(tiles, [box], 0.5).tolist() == [False, True, False]
