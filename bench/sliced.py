@@ -8,9 +8,9 @@ and full image at the same pixel scale. The table gives images/s, the ratio sod 
 AP / AP_small of both from the same pycocotools evaluator (sod's must not be more than 0.01 below SAHI's:
 skipping tiles may not cost accuracy; being above is no failure — sod antialiases the inputs it shrinks,
 torchvision's transform behind SAHI's wrapper does not, which shows once the full image is shrunk 2× or
-more). sod runs with ``select: all`` (every tile, SAHI's work) and ``select: small`` (only the tiles
-around small full-image candidates); the forward passes are the whole cost on a CPU, so a gain there can
-only come from ``small``.
+more). sod runs with ``select: all`` (every tile, SAHI's work) and ``select: small`` (one tile per small
+full-image candidate); the forward passes are the whole cost on a CPU, so beyond batching and the folded norms
+(below) a gain there can only come from ``small``.
 
 Two cases (``--case``, default both):
 

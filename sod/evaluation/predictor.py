@@ -13,8 +13,8 @@ the detector it reads its input size (``detector.min_size``/``max_size``) and it
   full image's; for an image larger than ``prepare.slice.tile`` with slicing on, the training tiles'),
   times ``evaluate.sliced.upscale`` when set; run in batches of ``evaluate.sliced.batch_size`` tiles of one shape
   (edge tiles zero-padded), mapped back and merged with the full-image pass (``include_full``);
-* ``adaptive``: ``sliced`` with ``select: small``: the full-image pass runs first and only the tiles holding a
-  small candidate of it run.
+* ``adaptive``: ``sliced`` with ``select: small``: the full-image pass runs first, then one tile per small
+  candidate of it (the tile holding the candidate farthest from its border).
 
 The tiling and merging is :class:`~sod.evaluation.sliced.SlicedPredictor`'s; this class owns the model side:
 it resizes every input itself (bilinear, or antialiased bicubic in front of an upscaling front end, the way
