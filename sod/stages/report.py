@@ -13,15 +13,16 @@ Outputs:
   differs between the rows (the row's value, ``train.seed`` among them when seeds vary; so each row shows what
   it changed); ``AP``, ``AP50``, ``AP_small``, ``AP_medium``, ``AP_large`` of
   full-image inference and the same under ``sliced_`` (empty when sliced inference was off or undefined).
-* ``plots_dir``: ``ap_vs_<sweep>.png`` — AP_small / AP_medium / AP_large against one lever, from the variants
-  that differ from ``pipeline`` in that lever only (plus ``pipeline``; the training seed is not a lever: a
-  point is the mean over a variant's seeds, its error bar their sample standard deviation), as in the
-  small-object survey's ablations: oversampling ratio, copy-paste count, focal γ, default vs tuned anchors,
-  none / bicubic / SR input (``detector.input_upscale``; ``sr+finetune`` when the detection loss trained the
-  SR network too); and ``full_vs_sliced.png`` (every variant, full-image against sliced inference, mean ± std
-  over seeds). A figure whose lever has fewer than two values is not drawn. ``plots_dir/.sod-owner`` lists the
-  figures; a rerun deletes the ones it lists and no longer draws, and refuses a non-empty ``plots_dir``
-  without that marker (a user's file is never deleted).
+* ``plots_dir``: ``ap_vs_<sweep>.png`` — AP_small / AP_medium / AP_large against one lever, from the variants that
+  differ from ``pipeline`` in that lever only (plus ``pipeline``; the training seed is not a lever: a point is the
+  mean over a variant's seeds, its error bar their sample standard deviation), as in the small-object survey's
+  ablations: oversampling ratio, copy-paste count, focal γ, default vs tuned anchors (``kmeans 3/level``: the
+  anchors per level of the fit), ATSS vs the IoU matcher (``iou 0.5/0.4``: its fg/bg thresholds), none / bicubic /
+  SR input (``detector.input_upscale``; ``sr+finetune`` when the detection loss trained the SR network too); and
+  ``full_vs_sliced.png`` (every variant, full-image against sliced inference, mean ± std over seeds). A figure
+  whose lever has fewer than two values is not drawn. ``plots_dir/.sod-owner`` lists the figures; a rerun deletes
+  the ones it lists and no longer draws, and refuses a non-empty ``plots_dir`` without that marker (a user's file
+  is never deleted).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ SWEEPS: dict[str, tuple[str, set[str]]] = {
     "oversampling": ("augment.oversample_ratio", {"augment.oversample_ratio", "augment.oversample"}),
     "copy_paste": ("augment.copy_paste.times", {"augment.copy_paste.times"}),
     "focal_gamma": ("detector.focal.gamma", {"detector.focal.gamma"}),
-    "anchors": ("anchors.method", {"anchors.method"}),
-    # ATSS against torchvision's IoU matcher (at params' thresholds; a variant may also change them).
+    # torchvision's anchors against the fit, which may also change the anchors per level ("kmeans 3/level").
+    "anchors": ("anchors.method", {"anchors.method", "anchors.anchors_per_level"}),
+    # ATSS against torchvision's IoU matcher at params' thresholds or others ("iou 0.5/0.4": fg/bg IoU).
     "assigner": ("detector.assigner", {"detector.assigner", "detector.fg_iou_thresh", "detector.bg_iou_thresh"}),
     # The SR front end; a variant may also change the tile upscale of sliced inference (the front end
     # upscales tiles itself). A fine-tuned SR front end is its own point, "sr+finetune".
@@ -64,6 +66,25 @@ SWEEPS: dict[str, tuple[str, set[str]]] = {
 }
 # Categorical levers drawn in this order rather than alphabetically.
 _X_ORDER = {"input_upscale": ["none", "bicubic", "sr", "sr+finetune"]}
+_X_LABEL = {
+    "anchors": "anchors.method (kmeans: with anchors_per_level)",
+    "assigner": "detector.assigner (iou: with fg/bg IoU thresholds)",
+}
+
+
+def _x_value(sweep: str, params: dict[str, Any]) -> Any:
+    """A run's point on ``sweep``'s x axis: the lever's value, labelled with the other params it changes where
+    two points could otherwise share a label (a matcher at other thresholds, a fit with other anchor counts)."""
+    x = params.get(SWEEPS[sweep][0])
+    if sweep == "oversampling" and params.get("augment.oversample") == "none":
+        return 1.0
+    if sweep == "input_upscale" and params.get("detector.sr_finetune"):
+        return f"{x}+finetune"
+    if sweep == "anchors" and x == "kmeans":  # torchvision's default rule ignores anchors_per_level
+        return f"kmeans {params.get('anchors.anchors_per_level')}/level"
+    if sweep == "assigner" and x == "iou":  # ATSS ignores the IoU thresholds
+        return f"iou {params.get('detector.fg_iou_thresh')}/{params.get('detector.bg_iou_thresh')}"
+    return x
 
 
 def load_runs(runs_dir: Path) -> list[dict[str, Any]]:
@@ -126,7 +147,7 @@ def sweep_points(runs: list[dict[str, Any]], sweep: str) -> pd.DataFrame:
         ``<bucket>_std`` (sample standard deviation over the seeds; NaN for one seed), sorted by ``x``; empty
         without a ``pipeline`` run.
     """
-    x_key, allowed = SWEEPS[sweep]
+    allowed = SWEEPS[sweep][1]
     ref = next((r for r in runs if r["variant"] == "pipeline"), None)
     if ref is None:
         return pd.DataFrame(columns=["x", "variant", *BUCKETS])
@@ -136,15 +157,10 @@ def sweep_points(runs: list[dict[str, Any]], sweep: str) -> pd.DataFrame:
         diff = {k for k in keys if run["params"].get(k) != ref["params"].get(k)}
         if not diff <= allowed:
             continue
-        x = run["params"].get(x_key)
-        if sweep == "oversampling":
-            method = run["params"].get("augment.oversample")
-            if method == "repeat_factor":
-                continue
-            x = 1.0 if method == "none" else x
-        if sweep == "input_upscale" and run["params"].get("detector.sr_finetune"):
-            x = f"{x}+finetune"
-        rows.append({"x": x, "variant": run["variant"], **{b: run["evaluate"].get(b) for b in BUCKETS}})
+        if sweep == "oversampling" and run["params"].get("augment.oversample") == "repeat_factor":
+            continue
+        values = {b: run["evaluate"].get(b) for b in BUCKETS}
+        rows.append({"x": _x_value(sweep, run["params"]), "variant": run["variant"], **values})
     stds = [f"{b}_std" for b in BUCKETS]
     if not rows:
         return pd.DataFrame(columns=["x", "variant", "seeds", *BUCKETS, *stds])
@@ -204,7 +220,6 @@ def effect_verdict(values: list[float], reference: list[float], sigmas: float = 
 
 
 def _plot_sweep(points: pd.DataFrame, sweep: str, path: Path) -> None:
-    x_key = SWEEPS[sweep][0]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     numeric = pd.api.types.is_numeric_dtype(points["x"])
     xs = points["x"] if numeric else range(len(points))
@@ -213,7 +228,7 @@ def _plot_sweep(points: pd.DataFrame, sweep: str, path: Path) -> None:
         ax.errorbar(xs, points[bucket].astype(float), yerr=err, marker="o", capsize=3, label=bucket)
     if not numeric:
         ax.set_xticks(list(xs), [str(v) for v in points["x"]])
-    ax.set_xlabel(x_key)
+    ax.set_xlabel(_X_LABEL.get(sweep, SWEEPS[sweep][0]))
     ax.set_ylabel("AP (IoU 0.50:0.95)")
     seeds = int(points["seeds"].max())
     spread = f"\nmean ± std over ≤ {seeds} training seeds" if seeds > 1 else ""  # own line: fits the 5-inch figure

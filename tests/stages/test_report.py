@@ -107,6 +107,30 @@ def test_input_upscale_sweep_in_front_end_order(tmp_path: Path) -> None:
     assert list(points["AP_small"]) == [0.2, 0.25, 0.28, 0.3]
 
 
+def test_anchor_and_assigner_points_name_the_other_params_they_change(tmp_path: Path) -> None:
+    base = {
+        **PIPELINE,
+        "anchors.method": "default",
+        "anchors.anchors_per_level": 9,
+        "detector.assigner": "iou",
+        "detector.fg_iou_thresh": 0.4,
+        "detector.bg_iou_thresh": 0.3,
+    }
+    _write(tmp_path, "pipeline", base, 0.2)
+    _write(tmp_path, "km9", {**base, "anchors.method": "kmeans"}, 0.21)
+    _write(tmp_path, "km3", {**base, "anchors.method": "kmeans", "anchors.anchors_per_level": 3}, 0.22)
+    _write(tmp_path, "atss", {**base, "detector.assigner": "atss"}, 0.23)
+    _write(tmp_path, "iou54", {**base, "detector.fg_iou_thresh": 0.5, "detector.bg_iou_thresh": 0.4}, 0.24)
+    runs = report.load_runs(tmp_path)
+    anchors = report.sweep_points(runs, "anchors")
+    # Two k-means fits with other anchor counts are two points, not one label twice.
+    assert list(anchors["x"]) == ["default", "kmeans 3/level", "kmeans 9/level"]
+    assert list(anchors["variant"]) == ["pipeline", "km3", "km9"]
+    assigner = report.sweep_points(runs, "assigner")
+    assert list(assigner["x"]) == ["atss", "iou 0.4/0.3", "iou 0.5/0.4"]
+    assert list(assigner["AP_small"]) == [0.23, 0.2, 0.24]
+
+
 def _write_seed(runs: Path, name: str, params: dict[str, Any], seed: int, ap_small: float) -> None:
     ev = {"AP": 0.3, "AP50": 0.5, "AP_small": ap_small, "AP_medium": 0.4, "AP_large": 0.5}
     write_json(
