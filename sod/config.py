@@ -310,8 +310,9 @@ class SlicedConfig:
     # 160 px tiles at 320 px as SAHI does, but objects at twice their training scale (on real aerial data
     # trained at scale 1 that cut AP_small from 0.40 to 0.23).
     upscale: float | None = field(default=None, metadata=rng(gt=0, le=8))
-    # all: every tile. small: only tiles holding the centre of a small (< 32²) full-image detection scoring
-    # ≥ select_score — fewer forward passes (on a CPU the forward passes are the whole cost of slicing).
+    # all: every tile. small: one tile per candidate — a small (< 32²) full-image detection, or a cell of
+    # the full-image pass's finest level, scoring ≥ select_score — the tile holding it farthest from its
+    # border; fewer forward passes (on a CPU the forward passes are the whole cost of slicing).
     select: Literal["all", "small"] = "all"
     select_score: float = field(default=0.05, metadata=rng(ge=0, le=1))
 

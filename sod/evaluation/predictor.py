@@ -100,7 +100,7 @@ class Predictor:
         train_tile: ``prepare.slice.tile`` when training was sliced, else None: the tiles of an image larger
             than it are resized like the training tiles were (:meth:`SlicedPredictor.tile_scale`).
         fold_bn: run a copy of ``model`` with its frozen batch norms folded into the convolutions before them
-            (:func:`~sod.models.fusion.fold_batch_norm`: the same boxes up to float rounding, 1.3-1.4× faster on
+            (:func:`~sod.models.fusion.fold_batch_norm`: the same boxes up to float rounding, 1.3–1.5× faster on
             CPU); ``model`` itself is not changed. False, or a model without batch norm: ``model`` as given.
     """
 
